@@ -1,0 +1,273 @@
+#include "tokenizer/vocab.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <unordered_set>
+
+#include "tokenizer/unicode.h"
+#include "util/error.h"
+#include "util/files.h"
+
+namespace scratchlm {
+
+using json = nlohmann::json;
+
+std::unordered_map<std::string, std::int32_t> Vocab::index() const {
+  std::unordered_map<std::string, std::int32_t> out;
+  out.reserve(tokens.size());
+  for (std::size_t id = 0; id < tokens.size(); ++id) out.emplace(tokens[id], static_cast<std::int32_t>(id));
+  return out;
+}
+
+void Vocab::add_special(const std::string& text) {
+  if (text.empty()) fail("a special token cannot be empty");
+  auto it = std::find(tokens.begin(), tokens.end(), text);
+  auto id = static_cast<std::int32_t>(it - tokens.begin());
+  if (it == tokens.end()) tokens.push_back(text);
+  if (std::find(special_ids.begin(), special_ids.end(), id) == special_ids.end()) special_ids.push_back(id);
+}
+
+// GPT-2's bytes_to_unicode(): printable Latin-1 bytes map to themselves, the other 68 bytes to
+// U+0100 onwards in byte order.
+const std::array<char32_t, 256>& byte_to_unicode() {
+  static const std::array<char32_t, 256> table = [] {
+    std::array<char32_t, 256> t{};
+    auto printable = [](int b) { return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF); };
+    char32_t next = 256;
+    for (int b = 0; b < 256; ++b) t[b] = printable(b) ? static_cast<char32_t>(b) : next++;
+    return t;
+  }();
+  return table;
+}
+
+std::string bytes_to_gpt2_text(std::string_view bytes) {
+  const auto& map = byte_to_unicode();
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (unsigned char b : bytes) append_utf8(out, map[b]);
+  return out;
+}
+
+bool gpt2_text_to_bytes(std::string_view text, std::string& bytes) {
+  static const std::unordered_map<char32_t, unsigned char> inverse = [] {
+    std::unordered_map<char32_t, unsigned char> m;
+    for (int b = 0; b < 256; ++b) m[byte_to_unicode()[b]] = static_cast<unsigned char>(b);
+    return m;
+  }();
+  bytes.clear();
+  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+  const auto* end = p + text.size();
+  while (p < end) {
+    char32_t cp;
+    int len = decode_utf8(p, end, cp);
+    if (len == 0) return false;
+    auto it = inverse.find(cp);
+    if (it == inverse.end()) return false;
+    bytes += static_cast<char>(it->second);
+    p += len;
+  }
+  return true;
+}
+
+namespace {
+
+std::string json_quote(std::string_view s) { return json(std::string(s)).dump(-1, ' ', false, json::error_handler_t::replace); }
+
+// Parses a JSON file, naming it in any error; rejects duplicate keys in the top-level object.
+json parse_json_file(const std::string& path) {
+  std::string text = read_file(path);
+  std::unordered_set<std::string> keys;
+  std::string duplicate;
+  auto callback = [&](int depth, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::key && depth == 1 && !keys.insert(parsed.get<std::string>()).second &&
+        duplicate.empty())
+      duplicate = parsed.get<std::string>();
+    return true;
+  };
+  json out;
+  try {
+    out = json::parse(text, callback);
+  } catch (const json::exception& e) {
+    fail(path, ": invalid JSON: ", e.what());
+  }
+  if (!duplicate.empty()) fail(path, ": key ", json_quote(duplicate), " appears more than once");
+  return out;
+}
+
+}  // namespace
+
+Vocab load_tokenizer_dir(const std::string& dir) {
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(dir)) fail(dir, ": not a tokenizer directory (expected vocab.json and merges.txt in it)");
+  const std::string vocab_path = (fs::path(dir) / "vocab.json").string();
+  const std::string merges_path = (fs::path(dir) / "merges.txt").string();
+  const std::string specials_path = (fs::path(dir) / "special_tokens.json").string();
+
+  std::vector<std::string> specials;
+  if (fs::exists(specials_path)) {
+    json j = parse_json_file(specials_path);
+    if (!j.is_array()) fail(specials_path, ": expected a JSON array of strings");
+    for (const auto& s : j) {
+      if (!s.is_string() || s.get<std::string>().empty()) fail(specials_path, ": expected a JSON array of non-empty strings");
+      specials.push_back(s.get<std::string>());
+    }
+  }
+
+  json vocab_json = parse_json_file(vocab_path);
+  if (!vocab_json.is_object() || vocab_json.empty()) fail(vocab_path, ": expected a JSON object {\"token\": id, ...}");
+  Vocab vocab;
+  vocab.tokens.resize(vocab_json.size());
+  std::vector<std::string> key_of_id(vocab_json.size());
+  std::vector<bool> seen(vocab_json.size(), false);
+  std::string bytes;
+  for (const auto& [key, value] : vocab_json.items()) {
+    if (!value.is_number_integer()) fail(vocab_path, ": the id of ", json_quote(key), " is not an integer");
+    std::int64_t id = value.get<std::int64_t>();
+    if (id < 0 || id >= static_cast<std::int64_t>(vocab_json.size()))
+      fail(vocab_path, ": id ", id, " of ", json_quote(key), " is out of range (ids must be 0..", vocab_json.size() - 1, ")");
+    if (seen[id]) fail(vocab_path, ": id ", id, " is used by both ", json_quote(key_of_id[id]), " and ", json_quote(key));
+    seen[id] = true;
+    key_of_id[id] = key;
+    if (std::find(specials.begin(), specials.end(), key) != specials.end()) {
+      vocab.tokens[id] = key;
+    } else if (gpt2_text_to_bytes(key, bytes)) {
+      vocab.tokens[id] = bytes;
+    } else {
+      fail(vocab_path, ": token ", json_quote(key), " is not in GPT-2's byte-level form (nor a special token)");
+    }
+  }
+  auto index = vocab.index();
+  if (index.size() != vocab.tokens.size()) {
+    for (std::size_t id = 0; id < vocab.tokens.size(); ++id)
+      if (index.at(vocab.tokens[id]) != static_cast<std::int32_t>(id))
+        fail(vocab_path, ": tokens ", json_quote(key_of_id[index.at(vocab.tokens[id])]), " and ", json_quote(key_of_id[id]),
+             " stand for the same bytes");
+  }
+  for (int b = 0; b < 256; ++b)
+    if (!index.count(std::string(1, static_cast<char>(b))))
+      fail(vocab_path, ": the single byte ", b, " (", json_quote(bytes_to_gpt2_text(std::string(1, static_cast<char>(b)))),
+           ") has no id; a byte-level vocabulary needs all 256");
+
+  FileReader merges_reader(merges_path);  // clear error if missing
+  std::string merges_text = read_file(merges_path);
+  std::size_t pos = 0;
+  std::int64_t line_no = 0;
+  std::string left, right;
+  while (pos < merges_text.size()) {
+    std::size_t eol = merges_text.find('\n', pos);
+    if (eol == std::string::npos) eol = merges_text.size();
+    std::string_view line(merges_text.data() + pos, eol - pos);
+    pos = eol + 1;
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.empty() || (line_no == 1 && line.starts_with("#version"))) continue;
+    std::size_t space = line.find(' ');
+    if (space == std::string_view::npos || line.find(' ', space + 1) != std::string_view::npos || space == 0 ||
+        space + 1 == line.size())
+      fail(merges_path, ":", line_no, ": expected two tokens separated by one space, got ", json_quote(line));
+    std::string_view parts[2] = {line.substr(0, space), line.substr(space + 1)};
+    std::int32_t ids[2];
+    for (int k = 0; k < 2; ++k) {
+      if (!gpt2_text_to_bytes(parts[k], k == 0 ? left : right))
+        fail(merges_path, ":", line_no, ": ", json_quote(parts[k]), " is not in GPT-2's byte-level form");
+      auto it = index.find(k == 0 ? left : right);
+      if (it == index.end()) fail(merges_path, ":", line_no, ": ", json_quote(parts[k]), " is not in ", vocab_path);
+      ids[k] = it->second;
+    }
+    if (!index.count(left + right))
+      fail(merges_path, ":", line_no, ": the merged token ", json_quote(bytes_to_gpt2_text(left + right)), " is not in ",
+           vocab_path);
+    vocab.merges.emplace_back(ids[0], ids[1]);
+  }
+  for (const auto& s : specials) {
+    auto it = index.find(s);
+    if (it == index.end()) fail(specials_path, ": special token ", json_quote(s), " is not in ", vocab_path);
+    vocab.special_ids.push_back(it->second);
+  }
+  return vocab;
+}
+
+namespace {
+
+bool is_special(const Vocab& vocab, std::int32_t id) {
+  return std::find(vocab.special_ids.begin(), vocab.special_ids.end(), id) != vocab.special_ids.end();
+}
+
+// A token as written in vocab.json: special tokens as their own text, the rest byte-mapped.
+std::string vocab_key(const Vocab& vocab, std::int32_t id) {
+  return is_special(vocab, id) ? vocab.tokens[id] : bytes_to_gpt2_text(vocab.tokens[id]);
+}
+
+std::string merges_text(const Vocab& vocab) {
+  std::string out;
+  for (auto [a, b] : vocab.merges) out += bytes_to_gpt2_text(vocab.tokens[a]) + " " + bytes_to_gpt2_text(vocab.tokens[b]) + "\n";
+  return out;
+}
+
+std::string vocab_json_text(const Vocab& vocab, const char* indent) {
+  std::string out = "{";
+  for (std::size_t id = 0; id < vocab.tokens.size(); ++id) {
+    out += id ? ",\n" : "\n";
+    out += indent + json_quote(vocab_key(vocab, static_cast<std::int32_t>(id))) + ": " + std::to_string(id);
+  }
+  out += "\n}";
+  return out;
+}
+
+}  // namespace
+
+std::string hf_tokenizer_json(const Vocab& vocab) {
+  json added = json::array();
+  for (auto id : vocab.special_ids)
+    added.push_back({{"id", id}, {"content", vocab.tokens[id]}, {"single_word", false}, {"lstrip", false},
+                     {"rstrip", false}, {"normalized", false}, {"special", true}});
+  json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
+  json merges = json::array();
+  for (auto [a, b] : vocab.merges) merges.push_back(bytes_to_gpt2_text(vocab.tokens[a]) + " " + bytes_to_gpt2_text(vocab.tokens[b]));
+  // The model's vocab is spliced in as text to keep it in id order.
+  json model = {{"type", "BPE"},        {"dropout", nullptr},      {"unk_token", nullptr},
+                {"continuing_subword_prefix", nullptr}, {"end_of_word_suffix", nullptr}, {"fuse_unk", false},
+                {"byte_fallback", false}, {"ignore_merges", true}, {"vocab", "@VOCAB@"},
+                {"merges", merges}};
+  json root = {{"version", "1.0"},         {"truncation", nullptr},  {"padding", nullptr},
+               {"added_tokens", added},    {"normalizer", nullptr},  {"pre_tokenizer", byte_level},
+               {"post_processor", nullptr}, {"decoder", byte_level}, {"model", model}};
+  std::string text = root.dump(1, ' ', false, json::error_handler_t::replace);
+  std::size_t at = text.find("\"@VOCAB@\"");
+  SLM_CHECK(at != std::string::npos);
+  text.replace(at, 9, vocab_json_text(vocab, "   "));
+  return text + "\n";
+}
+
+void save_tokenizer_dir(const std::string& dir, const Vocab& vocab) {
+  namespace fs = std::filesystem;
+  make_directories(dir);
+  json specials = json::array();
+  for (auto id : vocab.special_ids) specials.push_back(vocab.tokens[id]);
+  write_file_atomic((fs::path(dir) / "vocab.json").string(), vocab_json_text(vocab, "  ") + "\n");
+  write_file_atomic((fs::path(dir) / "merges.txt").string(), merges_text(vocab));
+  write_file_atomic((fs::path(dir) / "special_tokens.json").string(), specials.dump() + "\n");
+  write_file_atomic((fs::path(dir) / "tokenizer.json").string(), hf_tokenizer_json(vocab));
+}
+
+std::string vocab_fingerprint(const Vocab& vocab) {
+  std::uint64_t h = 0xCBF29CE484222325ull;  // FNV-1a 64
+  auto mix = [&h](std::string_view bytes) {
+    for (unsigned char c : bytes) h = (h ^ c) * 0x100000001B3ull;
+  };
+  auto mix_int = [&](std::int64_t v) { mix(std::string_view(reinterpret_cast<const char*>(&v), sizeof v)); };
+  mix_int(vocab.size());
+  for (const auto& t : vocab.tokens) {
+    mix_int(static_cast<std::int64_t>(t.size()));
+    mix(t);
+  }
+  for (auto [a, b] : vocab.merges) mix_int((static_cast<std::int64_t>(a) << 32) | b);
+  for (auto id : vocab.special_ids) mix_int(id);
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+}  // namespace scratchlm
