@@ -8,6 +8,7 @@
 namespace scratchlm::cli {
 
 void register_tokenizer_commands(CLI::App& app);
+void register_info_command(CLI::App& app);
 
 // Default --threads: the machine's hardware threads.
 int default_threads();

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "scratchlm 0.1");
   scratchlm::cli::register_tokenizer_commands(app);
+  scratchlm::cli::register_info_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
