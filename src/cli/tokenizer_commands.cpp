@@ -171,7 +171,13 @@ void run_decode(const DecodeArgs& a) {
   print_settings("tokenizer decode", {{"tokenizer", a.tokenizer}, {"input", a.input}});
   Tokenizer tokenizer = load_tokenizer(a.tokenizer, {});
   std::vector<std::uint32_t> ids = read_ids(stdin_if_dash(a.input));
-  write_stdout(tokenizer.decode(ids));
+  std::string text;
+  try {
+    text = tokenizer.decode(ids);
+  } catch (const Error& e) {
+    fail(a.input == "-" ? "standard input" : a.input, ": ", e.what());
+  }
+  write_stdout(text);
 }
 
 struct TokenizeArgs {

@@ -98,10 +98,85 @@ json parse_json_file(const std::string& path) {
 
 }  // namespace
 
+namespace {
+
+// A Hugging Face tokenizer.json holding a byte-level BPE model (GPT-2 style): model.vocab,
+// model.merges ("a b" strings or [a, b] pairs), and added tokens marked special.
+Vocab load_hf_tokenizer_json(const std::string& path) {
+  json root = parse_json_file(path);
+  auto bad = [&](const std::string& what) { fail(path, ": ", what); };
+  if (!root.is_object() || !root.contains("model") || !root["model"].is_object()) bad("no \"model\" object");
+  const json& model = root["model"];
+  if (model.value("type", "") != "BPE") bad("only BPE models are supported (model.type is not \"BPE\")");
+  const json& pre = root.contains("pre_tokenizer") ? root["pre_tokenizer"] : json();
+  if (!pre.is_object() || pre.value("type", "") != "ByteLevel")
+    bad("only byte-level tokenizers are supported (pre_tokenizer.type must be \"ByteLevel\")");
+  if (!model.contains("vocab") || !model["vocab"].is_object() || model["vocab"].empty()) bad("model.vocab is missing or empty");
+  std::vector<std::string> specials;
+  if (root.contains("added_tokens") && root["added_tokens"].is_array())
+    for (const auto& t : root["added_tokens"])
+      if (t.is_object() && t.value("special", false) && t.contains("content") && t["content"].is_string())
+        specials.push_back(t["content"].get<std::string>());
+
+  const json& vj = model["vocab"];
+  Vocab vocab;
+  vocab.tokens.resize(vj.size());
+  std::vector<bool> seen(vj.size(), false);
+  std::string bytes;
+  for (const auto& [key, value] : vj.items()) {
+    if (!value.is_number_integer()) bad("model.vocab: the id of " + json_quote(key) + " is not an integer");
+    std::int64_t id = value.get<std::int64_t>();
+    if (id < 0 || id >= static_cast<std::int64_t>(vj.size()) || seen[id])
+      bad("model.vocab: id " + std::to_string(id) + " of " + json_quote(key) + " is out of range or used twice");
+    seen[id] = true;
+    if (std::find(specials.begin(), specials.end(), key) != specials.end())
+      vocab.tokens[id] = key;
+    else if (gpt2_text_to_bytes(key, bytes))
+      vocab.tokens[id] = bytes;
+    else
+      bad("model.vocab: token " + json_quote(key) + " is not in byte-level form");
+  }
+  auto index = vocab.index();
+  std::string parts_bytes[2];
+  std::size_t merge_no = 0;
+  for (const auto& m : model.value("merges", json::array())) {
+    std::string parts[2];
+    if (m.is_string()) {
+      std::string line = m.get<std::string>();
+      std::size_t space = line.find(' ');
+      if (space == std::string::npos) bad("model.merges[" + std::to_string(merge_no) + "] is not \"a b\"");
+      parts[0] = line.substr(0, space);
+      parts[1] = line.substr(space + 1);
+    } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
+      parts[0] = m[0].get<std::string>();
+      parts[1] = m[1].get<std::string>();
+    } else {
+      bad("model.merges[" + std::to_string(merge_no) + "] is neither \"a b\" nor [\"a\", \"b\"]");
+    }
+    std::int32_t ids[2];
+    for (int k = 0; k < 2; ++k) {
+      auto it = gpt2_text_to_bytes(parts[k], parts_bytes[k]) ? index.find(parts_bytes[k]) : index.end();
+      if (it == index.end()) bad("model.merges[" + std::to_string(merge_no) + "]: " + json_quote(parts[k]) + " is not in model.vocab");
+      ids[k] = it->second;
+    }
+    if (!index.count(parts_bytes[0] + parts_bytes[1]))
+      bad("model.merges[" + std::to_string(merge_no) + "]: the merged token is not in model.vocab");
+    vocab.merges.emplace_back(ids[0], ids[1]);
+    ++merge_no;
+  }
+  for (const auto& s : specials) vocab.add_special(s);
+  return vocab;
+}
+
+}  // namespace
+
 Vocab load_tokenizer_dir(const std::string& dir) {
   namespace fs = std::filesystem;
-  if (!fs::is_directory(dir)) fail(dir, ": not a tokenizer directory (expected vocab.json and merges.txt in it)");
+  if (!fs::is_directory(dir))
+    fail(dir, ": not a tokenizer directory (expected vocab.json and merges.txt, or tokenizer.json, in it)");
   const std::string vocab_path = (fs::path(dir) / "vocab.json").string();
+  const std::string hf_path = (fs::path(dir) / "tokenizer.json").string();
+  if (!fs::exists(vocab_path) && fs::exists(hf_path)) return load_hf_tokenizer_json(hf_path);
   const std::string merges_path = (fs::path(dir) / "merges.txt").string();
   const std::string specials_path = (fs::path(dir) / "special_tokens.json").string();
 

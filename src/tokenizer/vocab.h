@@ -40,9 +40,11 @@ std::string bytes_to_gpt2_text(std::string_view bytes);
 // GPT-2 printable form → bytes; false if a character is outside the map.
 bool gpt2_text_to_bytes(std::string_view text, std::string& bytes);
 
-// Reads DIR/vocab.json, DIR/merges.txt and, if present, DIR/special_tokens.json. Throws Error
-// naming the file (and line) on malformed input: bad JSON, duplicate or missing ids, a merge with
-// an unknown part or whose result is not in the vocabulary.
+// Reads DIR/vocab.json, DIR/merges.txt and, if present, DIR/special_tokens.json; or, when DIR has
+// no vocab.json, a byte-level BPE DIR/tokenizer.json (Hugging Face; its added tokens marked
+// special become special tokens). Throws Error naming the file (and line) on malformed input: bad
+// JSON, duplicate or missing ids, a merge with an unknown part or whose result is not in the
+// vocabulary.
 Vocab load_tokenizer_dir(const std::string& dir);
 
 // Writes vocab.json, merges.txt, special_tokens.json and tokenizer.json into dir (created if
