@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (through the device tool): the test suite from a build made here and
+# carried along (build-dev/, configured with CUDA), so the CUDA tests run instead of skipping.
+#   scripts/device_check.sh [BUILD_DIR]
+# ctest files hold the absolute paths of the machine that configured the build; a link makes the
+# same paths valid here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build-dev}
+configured_root=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$build/CMakeCache.txt")
+if [[ "$configured_root" != "$PWD" && ! -e "$configured_root" ]]; then
+  mkdir -p "$(dirname "$configured_root")"
+  ln -s "$PWD" "$configured_root"
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+"$build/scratchlm" info
+ctest --test-dir "$build" --output-on-failure -j 8
