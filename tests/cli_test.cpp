@@ -5,8 +5,10 @@
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "test_util.h"
+#include "tokenizer/tokenizer.h"
 #include "tokenizer/vocab.h"
 
 using namespace scratchlm;
@@ -217,4 +219,221 @@ TEST(Cli, HelpListsTheSubcommands) {
   CliResult r = run_cli({"--help"});
   EXPECT_EQ(r.exit_code, 0);
   for (const char* s : {"tokenizer", "tokenize", "info"}) EXPECT_NE(r.out.find(s), std::string::npos) << s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The same against a tiny hand-made tokenizer (fast to load): the 256 bytes, then "th", "the".
+
+namespace {
+
+Vocab tiny_vocab() {
+  Vocab v;
+  for (int b = 0; b < 256; ++b) v.tokens.emplace_back(1, static_cast<char>(b));
+  v.tokens.push_back("th");
+  v.tokens.push_back("the");
+  v.merges = {{'t', 'h'}, {256, 'e'}};
+  return v;
+}
+
+// vocab.json text for the 256 bytes plus `extra` ("key": value pairs, already JSON).
+std::string bytes_vocab_json(const std::string& extra) {
+  std::string out = "{";
+  for (int b = 0; b < 256; ++b)
+    out += nlohmann::json(bytes_to_gpt2_text(std::string(1, static_cast<char>(b)))).dump() + ": " + std::to_string(b) + ",";
+  return out + extra + "}";
+}
+
+std::vector<std::uint32_t> parse_ids(const std::string& text) {
+  std::vector<std::uint32_t> ids;
+  std::istringstream in(text);
+  for (std::uint32_t id; in >> id;) ids.push_back(id);
+  return ids;
+}
+
+class CliTiny : public testing::Test {
+ protected:
+  void SetUp() override {
+    save_tokenizer_dir(path("tiny"), tiny_vocab());
+    write_bytes(path("text.txt"), "the theme, then the end\n");
+  }
+  std::string path(std::string_view name) const { return dir_.file(name); }
+  // A copy of the tiny tokenizer with one file replaced; returns its directory.
+  std::string tiny_with(const std::string& name, const std::string& file, const std::string& contents) {
+    std::string d = path(name);
+    save_tokenizer_dir(d, tiny_vocab());
+    write_bytes(d + "/" + file, contents);
+    return d;
+  }
+  CliResult encode_with(const std::string& tokenizer_dir) {
+    return run_cli({"tokenizer", "encode", "--tokenizer", tokenizer_dir, "--input", path("text.txt")});
+  }
+  // For each case, `file` of the tiny tokenizer replaced by `contents` makes encode fail naming
+  // the file and each of `needles`.
+  struct BrokenFile {
+    const char* name;
+    std::string contents;
+    std::vector<std::string> needles;
+  };
+  void expect_each_fails(const std::string& file, const std::vector<BrokenFile>& cases) {
+    for (const auto& c : cases) {
+      SCOPED_TRACE(c.name);
+      std::string d = tiny_with(c.name, file, c.contents);
+      std::vector<std::string> needles = c.needles;
+      needles.push_back(d + "/" + file);
+      expect_clean_failure(encode_with(d), needles);
+    }
+  }
+
+  TempDir dir_;
+};
+
+}  // namespace
+
+TEST_F(CliTiny, TrainGivesExactlyTheLibrarysVocab) {
+  CliResult r = run_cli({"tokenizer", "train", "--input", data_path("cs336/corpus.en"), "--vocab-size", "500",
+                         "--special-token", kSpecial, "--out", path("tok"), "--threads", "2"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  Vocab loaded = load_tokenizer_dir(path("tok"));
+  EXPECT_EQ(loaded.tokens, corpus_en_vocab().tokens);
+  EXPECT_EQ(loaded.merges, corpus_en_vocab().merges);
+  EXPECT_EQ(loaded.special_ids, corpus_en_vocab().special_ids);
+}
+
+// A corpus with nothing to merge gives the bytes and the special tokens, and still loads.
+TEST_F(CliTiny, TrainOnEmptyOrSpecialOnlyInput) {
+  write_bytes(path("empty.txt"), "");
+  write_bytes(path("specials.txt"), "<|endoftext|>x<|endoftext|>");
+  CliResult r = run_cli({"tokenizer", "train", "--input", path("empty.txt"), "--input", path("specials.txt"),
+                         "--vocab-size", "300", "--special-token", kSpecial, "--out", path("tok")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  Vocab v = load_tokenizer_dir(path("tok"));
+  EXPECT_EQ(v.tokens.size(), 257u);
+  EXPECT_TRUE(v.merges.empty());
+  EXPECT_EQ(v.special_ids, (std::vector<std::int32_t>{256}));
+  CliResult enc = run_cli({"tokenizer", "encode", "--tokenizer", path("tok"), "--input", path("specials.txt")});
+  ASSERT_EQ(enc.exit_code, 0) << enc.err;
+  EXPECT_EQ(enc.out, "256 120 256\n");
+}
+
+// Several inputs are encoded one after the other, each on its own, and decode to their concatenation.
+TEST_F(CliTiny, TokenizeSeveralInputsInOrder) {
+  write_bytes(path("b.txt"), "then");
+  CliResult r = run_cli({"tokenize", "--tokenizer", path("tiny"), "--input", path("text.txt"), "--input", path("b.txt"),
+                         "--out", path("t.bin")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  Tokenizer t(tiny_vocab());
+  std::vector<std::uint32_t> expected = t.encode("the theme, then the end\n");
+  t.encode("then", expected);
+  // "the" | " theme" | "," | " then" | " the" | " end" | "\n", then "then": "the" is a token; the
+  // rest merge (t, h) and (th, e).
+  EXPECT_EQ(expected, (std::vector<std::uint32_t>{257, 32, 257, 109, 101, 44, 32, 257, 110, 32, 257, 32, 101, 110, 100,
+                                                  10, 257, 110}));
+  auto meta = nlohmann::json::parse(read_bytes(path("t.bin.json")));
+  EXPECT_EQ(meta["token_count"], expected.size());
+  EXPECT_EQ(meta["sources"].size(), 2u);
+  CliResult d = run_cli({"tokenizer", "decode", "--tokenizer", path("tiny"), "--input", path("t.bin")});
+  ASSERT_EQ(d.exit_code, 0) << d.err;
+  EXPECT_EQ(d.out, "the theme, then the end\nthen");
+  // An odd number of bytes cannot be uint16 tokens.
+  std::string data = read_bytes(path("t.bin"));
+  write_bytes(path("t.bin"), data.substr(0, data.size() - 1));
+  expect_clean_failure(run_cli({"tokenizer", "decode", "--tokenizer", path("tiny"), "--input", path("t.bin")}),
+                       {path("t.bin")});
+}
+
+TEST_F(CliTiny, MissingOrDirectoryInputForEveryCommand) {
+  fs::create_directories(path("adir"));
+  for (const std::string& bad : {path("missing.txt"), path("adir")}) {
+    SCOPED_TRACE(bad);
+    expect_clean_failure(run_cli({"tokenize", "--tokenizer", path("tiny"), "--input", bad, "--out", path("o.bin")}), {bad});
+    EXPECT_FALSE(fs::exists(path("o.bin")));
+    expect_clean_failure(run_cli({"tokenizer", "encode", "--tokenizer", path("tiny"), "--input", bad}), {bad});
+    expect_clean_failure(run_cli({"tokenizer", "decode", "--tokenizer", path("tiny"), "--input", bad}), {bad});
+  }
+}
+
+TEST_F(CliTiny, MalformedVocabJson) {
+  expect_each_fails("vocab.json", {
+      {"empty", "", {}},
+      {"fractional_id", bytes_vocab_json("\"th\": 256.5, \"the\": 257"), {"th"}},
+      {"id_out_of_range", bytes_vocab_json("\"th\": 256, \"the\": 9999"), {"9999"}},
+      {"duplicate_key", bytes_vocab_json("\"th\": 256, \"th\": 257"), {"th"}},
+      {"missing_byte", "{\"a\": 0}", {}},
+  });
+}
+
+TEST_F(CliTiny, MalformedMergesTxt) {
+  expect_each_fails("merges.txt", {
+      {"three_tokens", "t h\nth e x\n", {"merges.txt:2"}},
+      {"part_not_byte_level", "t h\n\xE4\xB8\xAD e\n", {"merges.txt:2"}},
+      {"part_not_in_vocab", "t h\nth e\ntx e\n", {"merges.txt:3", "tx"}},
+      {"result_not_in_vocab", "t h\nh e\n", {"merges.txt:2", "he"}},
+      // Line numbers count the "#version" line and blank lines.
+      {"line_numbers", "#version: 0.2\nt h\n\nth e\nthe the\n", {"merges.txt:5"}},
+  });
+  // Well-formed variants: a "#version" line, CRLF line ends, no final newline.
+  for (const std::string ok : {"#version: 0.2\nt h\nth e\n", "t h\r\nth e\r\n", "t h\nth e"}) {
+    CliResult r = encode_with(tiny_with("ok", "merges.txt", ok));
+    EXPECT_EQ(r.exit_code, 0) << testing::PrintToString(ok) << r.err;
+    EXPECT_EQ(parse_ids(r.out), Tokenizer(tiny_vocab()).encode("the theme, then the end\n")) << testing::PrintToString(ok);
+  }
+}
+
+TEST_F(CliTiny, MissingTokenizerFiles) {
+  fs::create_directories(path("empty_dir"));
+  expect_clean_failure(encode_with(path("empty_dir")), {path("empty_dir")});
+  std::string d = tiny_with("no_merges", "merges.txt", "");
+  fs::remove(d + "/merges.txt");
+  expect_clean_failure(encode_with(d), {d + "/merges.txt"});
+}
+
+TEST_F(CliTiny, DecodeRejectsNegativeAndHugeIds) {
+  for (const char* ids : {"1 -2\n", "1 99999999999\n", "1 4294967295\n"}) {
+    write_bytes(path("ids.txt"), ids);
+    expect_clean_failure(run_cli({"tokenizer", "decode", "--tokenizer", path("tiny"), "--input", path("ids.txt")}),
+                         {path("ids.txt")});
+  }
+}
+
+TEST_F(CliTiny, UnwritableOutputs) {
+  const std::string nowhere = path("no/such/dir/out.bin");
+  expect_clean_failure(
+      run_cli({"tokenizer", "encode", "--tokenizer", path("tiny"), "--input", path("text.txt"), "--out", nowhere}),
+      {nowhere});
+  EXPECT_FALSE(fs::exists(path("no")));
+
+  // --out is an existing directory: it stays, and nothing is left beside it.
+  fs::create_directories(path("outdir"));
+  expect_clean_failure(
+      run_cli({"tokenize", "--tokenizer", path("tiny"), "--input", path("text.txt"), "--out", path("outdir")}),
+      {path("outdir")});
+  EXPECT_TRUE(fs::is_directory(path("outdir")));
+  EXPECT_FALSE(fs::exists(path("outdir.json")));
+  EXPECT_TRUE(no_tmp_files(dir_.path()).empty());
+
+  // train --out below a regular file.
+  expect_clean_failure(run_cli({"tokenizer", "train", "--input", path("text.txt"), "--vocab-size", "260", "--out",
+                                path("text.txt/tok")}),
+                       {path("text.txt/tok")});
+  EXPECT_EQ(read_bytes(path("text.txt")), "the theme, then the end\n");
+}
+
+TEST_F(CliTiny, UsageErrors) {
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+           {},
+           {"tokenizer"},
+           {"no-such-command"},
+           {"tokenizer", "encode", "--input", path("text.txt")},
+           {"tokenizer", "train", "--input", path("text.txt"), "--vocab-size", "many", "--out", path("o")},
+           {"tokenizer", "train", "--input", path("text.txt"), "--vocab-size", "100", "--out", path("o")},
+           {"tokenizer", "train", "--input", path("text.txt"), "--vocab-size", "-5", "--out", path("o")},
+           {"tokenizer", "encode", "--tokenizer", path("tiny"), "--input", path("text.txt"), "--threads", "0"},
+           {"tokenizer", "encode", "--tokenizer", path("tiny"), "--input", path("text.txt"), "--special-token", ""},
+       }) {
+    CliResult r = run_cli(args);
+    EXPECT_EQ(r.signal, 0) << testing::PrintToString(args);
+    EXPECT_NE(r.exit_code, 0) << testing::PrintToString(args);
+    EXPECT_FALSE(r.err.empty()) << testing::PrintToString(args);
+  }
+  EXPECT_FALSE(fs::exists(path("o")));
 }
