@@ -8,9 +8,12 @@ namespace {
 bool ascii_nonspace(unsigned char c) { return c > ' ' && c < 0x7F; }
 bool ascii_letter(unsigned char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
 
+// True if a special token occurrence straddles p — or might: when fewer than L-1 bytes follow p,
+// an occurrence could continue past the end of the text read so far, so p is not safe yet.
 bool inside_special(std::string_view text, std::size_t p, const std::vector<std::string>& specials) {
   for (const auto& s : specials) {
     if (s.size() < 2) continue;
+    if (p + s.size() - 1 > text.size()) return true;
     // Any occurrence inside this window of 2L-2 bytes around p straddles p.
     std::size_t from = p >= s.size() - 1 ? p - (s.size() - 1) : 0;
     if (text.substr(from, p + s.size() - 1 - from).find(s) != std::string_view::npos) return true;

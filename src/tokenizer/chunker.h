@@ -22,7 +22,9 @@
 
 namespace scratchlm {
 
-// The last safe cut in text (0 < p < text.size()), searched backwards; 0 if there is none.
+// The last safe cut in text (0 < p < text.size()), searched backwards; 0 if there is none. Text
+// may be only the start of a file: a cut too close to its end to rule out a special token
+// running past the end is not taken.
 std::size_t find_safe_cut(std::string_view text, const std::vector<std::string>& specials);
 
 class ChunkReader {
