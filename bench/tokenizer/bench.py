@@ -4,9 +4,9 @@ Run through bench/tokenizer/run.sh, which prepares the venv, the program and the
 printed and also appended as a JSON line to OUT/tokenizer-results.jsonl (the file is rewritten each run).
 
 Timing conventions
-- Training: wall time and peak RSS of each whole process (os.wait4), the HF side being
-  hf_bpe_train.py here (shared/peers/hf_bpe_train.py, saving its tokenizer after the timed part); the HF ratio uses HF's in-process train() time (without interpreter
-  start-up), so it is conservative for scratchlm.
+- Training: wall time and peak RSS of each whole process (os.wait4), the HF side being hf_bpe_train.py
+  here (shared/peers/hf_bpe_train.py, saving its tokenizer after the timed part); the HF ratio uses HF's
+  in-process train() time (without interpreter start-up), so it is conservative for scratchlm.
 - Encoding: tiktoken timed in-process around encode_ordinary / encode_ordinary_batch (text already in
   memory, chunk splitting excluded); scratchlm timed as the wall time of the `tokenize` process, which
   includes reading the slice and writing the token file, and also by its own "encoded ... MB/s" line.
