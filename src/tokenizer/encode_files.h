@@ -1,7 +1,8 @@
 // Encoding whole files in parallel while keeping document order: the files are read in chunks
 // (chunker.h), each worker thread encodes a chunk with its own Tokenizer copy (own cache), and
-// results are handed to the sink strictly in order. A worker whose chunk is done waits for its
-// turn, so at most `threads` chunks are in memory at once: memory is constant in the input size.
+// results are handed to the sink strictly in order. A finished chunk that is not next in line is
+// kept aside while its worker goes on with another chunk; at most 2 × threads chunks are in
+// memory at once, so memory is constant in the input size.
 #pragma once
 
 #include <cstdint>
