@@ -93,7 +93,7 @@ void run_train(const TrainArgs& a) {
   std::size_t longest = 256;
   for (std::size_t id = 256; id < 256 + vocab.merges.size(); ++id)
     if (vocab.tokens[id].size() > (longest < vocab.tokens.size() ? vocab.tokens[longest].size() : 0)) longest = id;
-  std::fprintf(stderr, "trained: vocabulary %lld = 256 bytes + %lld merges + %zu special tokens\n",
+  std::fprintf(stderr, "trained: vocabulary %lld = 256 bytes + %lld merges + %zu special token(s)\n",
                static_cast<long long>(vocab.size()), static_cast<long long>(stats.merges), a.specials.size());
   if (stats.merges < a.vocab_size - 256 - static_cast<std::int64_t>(a.specials.size()))
     std::fprintf(stderr, "note: the corpus ran out of pairs to merge; the vocabulary is smaller than --vocab-size\n");
@@ -116,10 +116,11 @@ struct EncodeArgs {
 };
 
 void run_encode(const EncodeArgs& a) {
-  print_settings("tokenizer encode", {{"tokenizer", a.tokenizer}, {"special_tokens", a.specials}, {"input", a.input},
-                                      {"out", a.out.empty() ? "(stdout, as text)" : a.out}, {"threads", a.threads}});
   if (a.threads < 1) fail("--threads must be at least 1");
   Tokenizer tokenizer = load_tokenizer(a.tokenizer, a.specials);
+  print_settings("tokenizer encode", {{"tokenizer", a.tokenizer}, {"vocab_size", tokenizer.vocab_size()},
+                                      {"special_tokens", tokenizer.special_texts()}, {"input", a.input},
+                                      {"out", a.out.empty() ? "(stdout, as text)" : a.out}, {"threads", a.threads}});
   std::vector<std::string> inputs = {stdin_if_dash(a.input)};
   if (!a.out.empty()) {
     encode_to_token_file(a.tokenizer, tokenizer, inputs, a.out, a.threads);
@@ -187,10 +188,11 @@ struct TokenizeArgs {
 };
 
 void run_tokenize(const TokenizeArgs& a) {
-  print_settings("tokenize", {{"tokenizer", a.tokenizer}, {"special_tokens", a.specials}, {"input", a.inputs},
-                              {"out", a.out}, {"threads", a.threads}});
   if (a.threads < 1) fail("--threads must be at least 1");
   Tokenizer tokenizer = load_tokenizer(a.tokenizer, a.specials);
+  print_settings("tokenize", {{"tokenizer", a.tokenizer}, {"vocab_size", tokenizer.vocab_size()},
+                              {"special_tokens", tokenizer.special_texts()}, {"input", a.inputs}, {"out", a.out},
+                              {"threads", a.threads}});
   encode_to_token_file(a.tokenizer, tokenizer, a.inputs, a.out, a.threads);
 }
 
