@@ -11,6 +11,7 @@ packages=(
   libutf8proc-dev                    # Unicode general categories for the GPT-2 pre-tokenizer
   libopenblas-dev                    # BLAS for the CPU model path
   python3 python3-venv               # bench scripts make a virtual environment for the peers
+  clang libclang-rt-14-dev           # scripts/fuzz.sh (libFuzzer)
 )
 
 missing=()
