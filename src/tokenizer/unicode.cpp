@@ -60,39 +60,40 @@ const std::array<CharClass, 128>& ascii_classes() {
 
 CharClass char_class(char32_t cp) { return cp <= kMaxCodePoint ? class_table()[cp] : CharClass::other; }
 
+namespace {
+// What a lead byte promises (Unicode Table 3-7): the sequence length and the allowed range of the
+// second byte, which rules out overlong forms, surrogates and values above U+10FFFF. Length 0: not
+// a lead byte (ASCII is handled before, 80..C1 and F5..FF are never valid).
+struct Lead {
+  int len;
+  unsigned char lo, hi;
+};
+Lead lead_of(unsigned char b0) {
+  if (b0 >= 0xC2 && b0 <= 0xDF) return {2, 0x80, 0xBF};
+  if (b0 == 0xE0) return {3, 0xA0, 0xBF};
+  if (b0 == 0xED) return {3, 0x80, 0x9F};
+  if (b0 >= 0xE1 && b0 <= 0xEF) return {3, 0x80, 0xBF};
+  if (b0 == 0xF0) return {4, 0x90, 0xBF};
+  if (b0 >= 0xF1 && b0 <= 0xF3) return {4, 0x80, 0xBF};
+  if (b0 == 0xF4) return {4, 0x80, 0x8F};
+  return {0, 0, 0};
+}
+}  // namespace
+
 int decode_utf8(const unsigned char* p, const unsigned char* end, char32_t& cp) {
   unsigned char b0 = p[0];
   if (b0 < 0x80) {
     cp = b0;
     return 1;
   }
-  // Lead byte → length and the allowed range of the second byte (Unicode Table 3-7).
-  int len;
-  unsigned char lo = 0x80, hi = 0xBF;
-  if (b0 >= 0xC2 && b0 <= 0xDF) {
-    len = 2;
-    cp = b0 & 0x1F;
-  } else if (b0 >= 0xE0 && b0 <= 0xEF) {
-    len = 3;
-    cp = b0 & 0x0F;
-    if (b0 == 0xE0) lo = 0xA0;  // no overlongs
-    if (b0 == 0xED) hi = 0x9F;  // no surrogates
-  } else if (b0 >= 0xF0 && b0 <= 0xF4) {
-    len = 4;
-    cp = b0 & 0x07;
-    if (b0 == 0xF0) lo = 0x90;  // no overlongs
-    if (b0 == 0xF4) hi = 0x8F;  // nothing above U+10FFFF
-  } else {
-    return 0;
-  }
-  if (end - p < len) return 0;
-  if (p[1] < lo || p[1] > hi) return 0;
-  cp = (cp << 6) | (p[1] & 0x3F);
-  for (int k = 2; k < len; ++k) {
+  Lead lead = lead_of(b0);
+  if (lead.len == 0 || end - p < lead.len || p[1] < lead.lo || p[1] > lead.hi) return 0;
+  cp = b0 & (0x7F >> lead.len);  // the lead byte's payload bits
+  for (int k = 1; k < lead.len; ++k) {
     if ((p[k] & 0xC0) != 0x80) return 0;
     cp = (cp << 6) | (p[k] & 0x3F);
   }
-  return len;
+  return lead.len;
 }
 
 CharInfo char_at(const unsigned char* p, const unsigned char* end) {
@@ -138,19 +139,11 @@ std::string utf8_replace_invalid(std::string_view bytes) {
       continue;
     }
     // Length of the maximal subpart: the lead byte plus the continuation bytes that were valid.
-    unsigned char b0 = *p;
-    int want = (b0 >= 0xC2 && b0 <= 0xDF) ? 2 : (b0 >= 0xE0 && b0 <= 0xEF) ? 3 : (b0 >= 0xF0 && b0 <= 0xF4) ? 4 : 1;
+    Lead lead = lead_of(*p);
     int skip = 1;
-    if (want > 1) {
-      unsigned char lo = 0x80, hi = 0xBF;
-      if (b0 == 0xE0) lo = 0xA0;
-      if (b0 == 0xED) hi = 0x9F;
-      if (b0 == 0xF0) lo = 0x90;
-      if (b0 == 0xF4) hi = 0x8F;
-      if (p + 1 < end && p[1] >= lo && p[1] <= hi) {
-        skip = 2;
-        while (skip < want && p + skip < end && (p[skip] & 0xC0) == 0x80) ++skip;
-      }
+    if (lead.len > 0 && p + 1 < end && p[1] >= lead.lo && p[1] <= lead.hi) {
+      skip = 2;
+      while (skip < lead.len && p + skip < end && (p[skip] & 0xC0) == 0x80) ++skip;
     }
     out += "\xEF\xBF\xBD";
     p += skip;
