@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -436,4 +437,32 @@ TEST_F(CliTiny, UsageErrors) {
     EXPECT_FALSE(r.err.empty()) << testing::PrintToString(args);
   }
   EXPECT_FALSE(fs::exists(path("o")));
+}
+
+TEST(Cli, MalformedHuggingFaceTokenizerJson) {
+  TempDir dir;
+  std::string tok = trained_tokenizer(dir);
+  const auto good = nlohmann::json::parse(read_bytes(tok + "/tokenizer.json"));
+  struct Case {
+    std::function<void(nlohmann::json&)> spoil;
+    std::vector<std::string> needles;
+  };
+  std::vector<Case> cases = {
+      {[](nlohmann::json& j) { j["pre_tokenizer"] = {{"type", "Whitespace"}}; }, {"tokenizer.json", "ByteLevel"}},
+      {[](nlohmann::json& j) { j["model"]["type"] = "WordPiece"; }, {"tokenizer.json", "only BPE"}},
+      {[](nlohmann::json& j) { j["model"]["merges"][3] = "zzzzzz t"; }, {"model.merges[3]", "not in"}},
+      {[](nlohmann::json& j) { j["model"]["merges"][0] = 7; }, {"model.merges[0]", "expected"}},
+      {[](nlohmann::json& j) { j["model"]["vocab"].erase("!"); }, {"model.vocab", "out of range"}},
+      {[](nlohmann::json& j) { j["model"]["vocab"]["!"] = 1; }, {"model.vocab", "id 1"}},
+  };
+  for (std::size_t k = 0; k < cases.size(); ++k) {
+    SCOPED_TRACE("case " + std::to_string(k));
+    std::string hf = dir.file("hf" + std::to_string(k));
+    fs::create_directories(hf);
+    nlohmann::json j = good;
+    cases[k].spoil(j);
+    write_bytes(hf + "/tokenizer.json", j.dump());
+    expect_clean_failure(run_cli({"tokenizer", "encode", "--tokenizer", hf, "--input", data_path("cs336/address.txt")}),
+                         cases[k].needles);
+  }
 }

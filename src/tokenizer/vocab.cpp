@@ -100,69 +100,100 @@ json parse_json_file(const std::string& path) {
 
 namespace {
 
+// Token bytes from a {"token": id, ...} object (vocab.json, or model.vocab of tokenizer.json):
+// ids must be integers 0..N-1, each used once; keys are special tokens (taken as they are) or in
+// GPT-2's byte-level form; no two tokens may stand for the same bytes; all 256 bytes must be there.
+// `where` names the object in errors.
+std::vector<std::string> tokens_from_json(const json& object, const std::vector<std::string>& specials,
+                                          const std::string& where) {
+  if (!object.is_object() || object.empty()) fail(where, ": expected a JSON object {\"token\": id, ...}");
+  std::vector<std::string> tokens(object.size());
+  std::vector<std::string> key_of_id(object.size());
+  std::vector<bool> seen(object.size(), false);
+  std::string bytes;
+  for (const auto& [key, value] : object.items()) {
+    if (!value.is_number_integer()) fail(where, ": the id of ", json_quote(key), " is not an integer");
+    std::int64_t id = value.get<std::int64_t>();
+    if (id < 0 || id >= static_cast<std::int64_t>(object.size()))
+      fail(where, ": id ", id, " of ", json_quote(key), " is out of range (ids must be 0..", object.size() - 1, ")");
+    if (seen[id]) fail(where, ": id ", id, " is used by both ", json_quote(key_of_id[id]), " and ", json_quote(key));
+    seen[id] = true;
+    key_of_id[id] = key;
+    if (std::find(specials.begin(), specials.end(), key) != specials.end())
+      tokens[id] = key;
+    else if (gpt2_text_to_bytes(key, bytes))
+      tokens[id] = bytes;
+    else
+      fail(where, ": token ", json_quote(key), " is not in GPT-2's byte-level form (nor a special token)");
+  }
+  std::unordered_map<std::string, std::size_t> first_id;
+  for (std::size_t id = 0; id < tokens.size(); ++id) {
+    auto [it, fresh] = first_id.emplace(tokens[id], id);
+    if (!fresh)
+      fail(where, ": tokens ", json_quote(key_of_id[it->second]), " and ", json_quote(key_of_id[id]),
+           " stand for the same bytes");
+  }
+  for (int b = 0; b < 256; ++b)
+    if (!first_id.count(std::string(1, static_cast<char>(b))))
+      fail(where, ": the single byte ", b, " (", json_quote(bytes_to_gpt2_text(std::string(1, static_cast<char>(b)))),
+           ") has no id; a byte-level vocabulary needs all 256");
+  return tokens;
+}
+
+// The ids of one merge given as two byte-level texts; the parts and their concatenation must all
+// be tokens. `where` names the merge in errors ("merges.txt:12"), `vocab_name` the vocabulary.
+std::pair<std::int32_t, std::int32_t> merge_ids(std::string_view left, std::string_view right,
+                                                const std::unordered_map<std::string, std::int32_t>& index,
+                                                const std::string& where, const std::string& vocab_name) {
+  std::string bytes[2];
+  std::int32_t ids[2];
+  std::string_view parts[2] = {left, right};
+  for (int k = 0; k < 2; ++k) {
+    if (!gpt2_text_to_bytes(parts[k], bytes[k])) fail(where, ": ", json_quote(parts[k]), " is not in GPT-2's byte-level form");
+    auto it = index.find(bytes[k]);
+    if (it == index.end()) fail(where, ": ", json_quote(parts[k]), " is not in ", vocab_name);
+    ids[k] = it->second;
+  }
+  if (!index.count(bytes[0] + bytes[1]))
+    fail(where, ": the merged token ", json_quote(bytes_to_gpt2_text(bytes[0] + bytes[1])), " is not in ", vocab_name);
+  return {ids[0], ids[1]};
+}
+
 // A Hugging Face tokenizer.json holding a byte-level BPE model (GPT-2 style): model.vocab,
 // model.merges ("a b" strings or [a, b] pairs), and added tokens marked special.
 Vocab load_hf_tokenizer_json(const std::string& path) {
   json root = parse_json_file(path);
-  auto bad = [&](const std::string& what) { fail(path, ": ", what); };
-  if (!root.is_object() || !root.contains("model") || !root["model"].is_object()) bad("no \"model\" object");
+  if (!root.is_object() || !root.contains("model") || !root["model"].is_object()) fail(path, ": no \"model\" object");
   const json& model = root["model"];
-  if (model.value("type", "") != "BPE") bad("only BPE models are supported (model.type is not \"BPE\")");
+  if (model.value("type", "") != "BPE") fail(path, ": only BPE models are supported (model.type is not \"BPE\")");
   const json& pre = root.contains("pre_tokenizer") ? root["pre_tokenizer"] : json();
   if (!pre.is_object() || pre.value("type", "") != "ByteLevel")
-    bad("only byte-level tokenizers are supported (pre_tokenizer.type must be \"ByteLevel\")");
-  if (!model.contains("vocab") || !model["vocab"].is_object() || model["vocab"].empty()) bad("model.vocab is missing or empty");
+    fail(path, ": only byte-level tokenizers are supported (pre_tokenizer.type must be \"ByteLevel\")");
   std::vector<std::string> specials;
   if (root.contains("added_tokens") && root["added_tokens"].is_array())
     for (const auto& t : root["added_tokens"])
       if (t.is_object() && t.value("special", false) && t.contains("content") && t["content"].is_string())
         specials.push_back(t["content"].get<std::string>());
 
-  const json& vj = model["vocab"];
+  const std::string vocab_name = path + " model.vocab";
   Vocab vocab;
-  vocab.tokens.resize(vj.size());
-  std::vector<bool> seen(vj.size(), false);
-  std::string bytes;
-  for (const auto& [key, value] : vj.items()) {
-    if (!value.is_number_integer()) bad("model.vocab: the id of " + json_quote(key) + " is not an integer");
-    std::int64_t id = value.get<std::int64_t>();
-    if (id < 0 || id >= static_cast<std::int64_t>(vj.size()) || seen[id])
-      bad("model.vocab: id " + std::to_string(id) + " of " + json_quote(key) + " is out of range or used twice");
-    seen[id] = true;
-    if (std::find(specials.begin(), specials.end(), key) != specials.end())
-      vocab.tokens[id] = key;
-    else if (gpt2_text_to_bytes(key, bytes))
-      vocab.tokens[id] = bytes;
-    else
-      bad("model.vocab: token " + json_quote(key) + " is not in byte-level form");
-  }
+  vocab.tokens = tokens_from_json(model.contains("vocab") ? model["vocab"] : json(), specials, vocab_name);
   auto index = vocab.index();
-  std::string parts_bytes[2];
   std::size_t merge_no = 0;
   for (const auto& m : model.value("merges", json::array())) {
+    std::string where = path + ": model.merges[" + std::to_string(merge_no++) + "]";
     std::string parts[2];
-    if (m.is_string()) {
-      std::string line = m.get<std::string>();
-      std::size_t space = line.find(' ');
-      if (space == std::string::npos) bad("model.merges[" + std::to_string(merge_no) + "] is not \"a b\"");
-      parts[0] = line.substr(0, space);
-      parts[1] = line.substr(space + 1);
+    std::size_t space;
+    if (m.is_string() && (space = m.get<std::string>().find(' ')) != std::string::npos) {
+      parts[0] = m.get<std::string>().substr(0, space);
+      parts[1] = m.get<std::string>().substr(space + 1);
     } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
       parts[0] = m[0].get<std::string>();
       parts[1] = m[1].get<std::string>();
     } else {
-      bad("model.merges[" + std::to_string(merge_no) + "] is neither \"a b\" nor [\"a\", \"b\"]");
+      fail(where, ": expected \"a b\" or [\"a\", \"b\"]");
     }
-    std::int32_t ids[2];
-    for (int k = 0; k < 2; ++k) {
-      auto it = gpt2_text_to_bytes(parts[k], parts_bytes[k]) ? index.find(parts_bytes[k]) : index.end();
-      if (it == index.end()) bad("model.merges[" + std::to_string(merge_no) + "]: " + json_quote(parts[k]) + " is not in model.vocab");
-      ids[k] = it->second;
-    }
-    if (!index.count(parts_bytes[0] + parts_bytes[1]))
-      bad("model.merges[" + std::to_string(merge_no) + "]: the merged token is not in model.vocab");
-    vocab.merges.emplace_back(ids[0], ids[1]);
-    ++merge_no;
+    vocab.merges.push_back(merge_ids(parts[0], parts[1], index, where, vocab_name));
   }
   for (const auto& s : specials) vocab.add_special(s);
   return vocab;
@@ -190,46 +221,13 @@ Vocab load_tokenizer_dir(const std::string& dir) {
     }
   }
 
-  json vocab_json = parse_json_file(vocab_path);
-  if (!vocab_json.is_object() || vocab_json.empty()) fail(vocab_path, ": expected a JSON object {\"token\": id, ...}");
   Vocab vocab;
-  vocab.tokens.resize(vocab_json.size());
-  std::vector<std::string> key_of_id(vocab_json.size());
-  std::vector<bool> seen(vocab_json.size(), false);
-  std::string bytes;
-  for (const auto& [key, value] : vocab_json.items()) {
-    if (!value.is_number_integer()) fail(vocab_path, ": the id of ", json_quote(key), " is not an integer");
-    std::int64_t id = value.get<std::int64_t>();
-    if (id < 0 || id >= static_cast<std::int64_t>(vocab_json.size()))
-      fail(vocab_path, ": id ", id, " of ", json_quote(key), " is out of range (ids must be 0..", vocab_json.size() - 1, ")");
-    if (seen[id]) fail(vocab_path, ": id ", id, " is used by both ", json_quote(key_of_id[id]), " and ", json_quote(key));
-    seen[id] = true;
-    key_of_id[id] = key;
-    if (std::find(specials.begin(), specials.end(), key) != specials.end()) {
-      vocab.tokens[id] = key;
-    } else if (gpt2_text_to_bytes(key, bytes)) {
-      vocab.tokens[id] = bytes;
-    } else {
-      fail(vocab_path, ": token ", json_quote(key), " is not in GPT-2's byte-level form (nor a special token)");
-    }
-  }
+  vocab.tokens = tokens_from_json(parse_json_file(vocab_path), specials, vocab_path);
   auto index = vocab.index();
-  if (index.size() != vocab.tokens.size()) {
-    for (std::size_t id = 0; id < vocab.tokens.size(); ++id)
-      if (index.at(vocab.tokens[id]) != static_cast<std::int32_t>(id))
-        fail(vocab_path, ": tokens ", json_quote(key_of_id[index.at(vocab.tokens[id])]), " and ", json_quote(key_of_id[id]),
-             " stand for the same bytes");
-  }
-  for (int b = 0; b < 256; ++b)
-    if (!index.count(std::string(1, static_cast<char>(b))))
-      fail(vocab_path, ": the single byte ", b, " (", json_quote(bytes_to_gpt2_text(std::string(1, static_cast<char>(b)))),
-           ") has no id; a byte-level vocabulary needs all 256");
 
-  FileReader merges_reader(merges_path);  // clear error if missing
   std::string merges_text = read_file(merges_path);
   std::size_t pos = 0;
   std::int64_t line_no = 0;
-  std::string left, right;
   while (pos < merges_text.size()) {
     std::size_t eol = merges_text.find('\n', pos);
     if (eol == std::string::npos) eol = merges_text.size();
@@ -238,23 +236,12 @@ Vocab load_tokenizer_dir(const std::string& dir) {
     ++line_no;
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     if (line.empty() || (line_no == 1 && line.starts_with("#version"))) continue;
+    std::string where = str(merges_path, ":", line_no);
     std::size_t space = line.find(' ');
     if (space == std::string_view::npos || line.find(' ', space + 1) != std::string_view::npos || space == 0 ||
         space + 1 == line.size())
-      fail(merges_path, ":", line_no, ": expected two tokens separated by one space, got ", json_quote(line));
-    std::string_view parts[2] = {line.substr(0, space), line.substr(space + 1)};
-    std::int32_t ids[2];
-    for (int k = 0; k < 2; ++k) {
-      if (!gpt2_text_to_bytes(parts[k], k == 0 ? left : right))
-        fail(merges_path, ":", line_no, ": ", json_quote(parts[k]), " is not in GPT-2's byte-level form");
-      auto it = index.find(k == 0 ? left : right);
-      if (it == index.end()) fail(merges_path, ":", line_no, ": ", json_quote(parts[k]), " is not in ", vocab_path);
-      ids[k] = it->second;
-    }
-    if (!index.count(left + right))
-      fail(merges_path, ":", line_no, ": the merged token ", json_quote(bytes_to_gpt2_text(left + right)), " is not in ",
-           vocab_path);
-    vocab.merges.emplace_back(ids[0], ids[1]);
+      fail(where, ": expected two tokens separated by one space, got ", json_quote(line));
+    vocab.merges.push_back(merge_ids(line.substr(0, space), line.substr(space + 1), index, where, vocab_path));
   }
   for (const auto& s : specials) {
     auto it = index.find(s);
