@@ -9,7 +9,7 @@ packages=(
   nlohmann-json3-dev                 # JSON: configs, vocab.json, sidecars
   libcli11-dev                       # command-line parsing
   libutf8proc-dev                    # Unicode general categories for the GPT-2 pre-tokenizer
-  libopenblas-dev                    # BLAS for the CPU model path
+  libopenblas-openmp-dev             # BLAS (OpenMP build) for the CPU model path
   python3 python3-venv               # bench scripts make a virtual environment for the peers
   clang libclang-rt-14-dev           # scripts/fuzz.sh (libFuzzer)
 )

@@ -1,0 +1,65 @@
+#include "model/config.h"
+
+#include "util/error.h"
+
+namespace scratchlm {
+namespace {
+
+std::int64_t get_int(const nlohmann::json& j, const char* key, const std::string& where) {
+  if (!j.contains(key)) fail(where, ": model field \"", key, "\" is missing");
+  const auto& v = j.at(key);
+  if (!v.is_number_integer()) fail(where, ": model field \"", key, "\" must be an integer, got ", v.dump());
+  return v.get<std::int64_t>();
+}
+
+}  // namespace
+
+ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& where) {
+  if (!j.is_object()) fail(where, ": the model config must be a JSON object");
+  static const char* known[] = {"vocab_size", "context_length", "d_model", "num_layers",
+                                "num_heads",  "d_ff",           "rope_theta"};
+  for (const auto& [key, value] : j.items()) {
+    bool ok = false;
+    for (const char* k : known) ok = ok || key == k;
+    if (!ok) fail(where, ": unknown model field \"", key, "\"");
+  }
+  ModelConfig c;
+  c.vocab_size = get_int(j, "vocab_size", where);
+  c.context_length = get_int(j, "context_length", where);
+  c.d_model = get_int(j, "d_model", where);
+  c.num_layers = get_int(j, "num_layers", where);
+  c.num_heads = get_int(j, "num_heads", where);
+  c.d_ff = get_int(j, "d_ff", where);
+  if (j.contains("rope_theta")) {
+    if (!j["rope_theta"].is_number()) fail(where, ": model field \"rope_theta\" must be a number");
+    c.rope_theta = j["rope_theta"].get<double>();
+  }
+  validate(c, where);
+  return c;
+}
+
+nlohmann::ordered_json to_json(const ModelConfig& c) {
+  return {{"vocab_size", c.vocab_size}, {"context_length", c.context_length}, {"d_model", c.d_model},
+          {"num_layers", c.num_layers}, {"num_heads", c.num_heads},           {"d_ff", c.d_ff},
+          {"rope_theta", c.rope_theta}};
+}
+
+void validate(const ModelConfig& c, const std::string& where) {
+  auto positive = [&](std::int64_t v, const char* name) {
+    if (v <= 0) fail(where, ": model field \"", name, "\" must be positive, got ", v);
+  };
+  positive(c.vocab_size, "vocab_size");
+  positive(c.context_length, "context_length");
+  positive(c.d_model, "d_model");
+  positive(c.num_layers, "num_layers");
+  positive(c.num_heads, "num_heads");
+  positive(c.d_ff, "d_ff");
+  if (c.vocab_size > (std::int64_t{1} << 31)) fail(where, ": model field \"vocab_size\" is too large");
+  if (c.d_model % c.num_heads != 0)
+    fail(where, ": model field \"d_model\" (", c.d_model, ") must be divisible by \"num_heads\" (", c.num_heads, ")");
+  if (c.d_head() % 2 != 0)
+    fail(where, ": d_model / num_heads = ", c.d_head(), " must be even (RoPE rotates pairs)");
+  if (!(c.rope_theta > 1.0)) fail(where, ": model field \"rope_theta\" must be greater than 1, got ", c.rope_theta);
+}
+
+}  // namespace scratchlm

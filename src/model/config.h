@@ -1,0 +1,32 @@
+// The model's shape, as a JSON object with the CS336 field names:
+//   {"vocab_size": 10000, "context_length": 256, "d_model": 512, "num_layers": 4,
+//    "num_heads": 16, "d_ff": 1344, "rope_theta": 10000.0}
+// Every field is required; an unknown field or an impossible shape is an error naming the field.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace scratchlm {
+
+struct ModelConfig {
+  std::int64_t vocab_size = 0;
+  std::int64_t context_length = 0;
+  std::int64_t d_model = 0;
+  std::int64_t num_layers = 0;
+  std::int64_t num_heads = 0;
+  std::int64_t d_ff = 0;
+  double rope_theta = 10000.0;
+
+  std::int64_t d_head() const { return d_model / num_heads; }
+  bool operator==(const ModelConfig&) const = default;
+};
+
+// Parses and validates; `where` names the file (or "--config") in error messages.
+ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& where);
+nlohmann::ordered_json to_json(const ModelConfig& c);
+// Throws Error naming the offending field if the shape is impossible.
+void validate(const ModelConfig& c, const std::string& where);
+
+}  // namespace scratchlm

@@ -1,0 +1,95 @@
+// The Transformer language model on the CPU (the reference path), as CS336 specifies it:
+//   x = token_embeddings[ids]                                   (B, T, C)
+//   for each layer:  x += output_proj(attention(rope(q_proj(rmsnorm1(x))), rope(k_proj(..)), v_proj(..)))
+//                    x += w2(silu(w1(rmsnorm2(x))) ⊙ w3(rmsnorm2(x)))
+//   logits = lm_head(rmsnorm_final(x))                          (B, T, V)
+// model_forward and model_backward are straight-line functions over the ops; backward is the same
+// list in reverse. Activations holds every buffer either needs, allocated once for (B, T).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "model/params.h"
+#include "ops/rope.h"
+
+namespace scratchlm {
+
+// The model's parameters in one arena, with the table that names them. Move-only.
+struct Model {
+  ModelConfig config;
+  ParamLayout layout;
+  std::vector<float> params;   // layout.total floats
+  RopeTable rope;              // positions 0 .. context_length − 1
+
+  explicit Model(const ModelConfig& c);
+  Model(Model&&) = default;
+  Model& operator=(Model&&) = default;
+  Model(const Model&) = delete;
+  ModelWeights weights() { return model_weights(layout, params.data()); }
+};
+
+// Activations of one forward pass over (B, T) tokens, kept for backward, and backward's scratch.
+// Lifetimes: everything in LayerActs is written by forward and read by backward of the same step;
+// the scratch buffers (d*) live only inside model_backward.
+struct LayerActs {
+  std::vector<float> x_in;     // (N, C) residual stream entering the block
+  std::vector<float> ln1;      // (N, C) rmsnorm1(x_in)
+  std::vector<float> rstd1;    // (N)
+  std::vector<float> q, k, v;  // (N, C) = (B, T, H, D); q and k after RoPE
+  std::vector<float> lse;      // (B, H, T) attention row log-sum-exp
+  std::vector<float> attn;     // (N, C) attention output before output_proj
+  std::vector<float> x_mid;    // (N, C) residual stream after the attention sublayer
+  std::vector<float> ln2;      // (N, C)
+  std::vector<float> rstd2;    // (N)
+  std::vector<float> a, b, h;  // (N, F) w1 x, w3 x, silu(a) ⊙ b
+};
+
+struct Activations {
+  std::int64_t B = 0, T = 0;
+  std::vector<std::int32_t> positions;   // (T)
+  std::vector<LayerActs> layers;
+  std::vector<float> x_final;   // (N, C) residual stream after the last block
+  std::vector<float> ln_final;  // (N, C)
+  std::vector<float> rstd_final;// (N)
+  std::vector<float> logits;    // (N, V); backward overwrites it with dlogits
+  std::vector<float> losses;    // (N) per-token cross-entropy
+  std::vector<float> ce_lse;    // (N)
+  // backward scratch
+  std::vector<float> dx;        // (N, C) gradient of the residual stream
+  std::vector<float> dbuf;      // (N, C) gradient of a sublayer's input or output
+  std::vector<float> dq, dk, dv;// (N, C)
+  std::vector<float> dh, da, db;// (N, F)
+
+  // With_backward::no allocates only what forward needs (evaluation, generation).
+  enum class WithBackward { no, yes };
+  Activations(const ModelConfig& c, std::int64_t B, std::int64_t T, WithBackward wb = WithBackward::yes);
+  std::int64_t bytes() const;
+};
+
+// For generation: keys and values of earlier positions, batch 1. (L, capacity, C) each.
+struct KvCache {
+  std::int64_t capacity = 0;
+  std::int64_t length = 0;   // positions filled
+  std::vector<float> k, v;
+  KvCache(const ModelConfig& c, std::int64_t capacity);
+};
+
+// Forward over ids (B, T), filling acts (logits included).
+// With a cache (B must be 1): the T tokens sit at positions cache->length ..; their keys and values
+// are appended to the cache, attention also sees the cached ones, and only the last position's
+// logits are computed (acts.logits row 0).
+void model_forward(Activations& acts, Model& model, const std::int32_t* ids, std::int64_t B, std::int64_t T,
+                   KvCache* cache = nullptr);
+
+// Mean cross-entropy of acts.logits against targets (B, T); fills acts.losses and acts.ce_lse.
+double model_loss(Activations& acts, const Model& model, const std::int32_t* targets);
+
+// Adds the gradient of (loss_scale · mean loss) to grads (an arena with the model's layout), using
+// the activations of the last model_forward + model_loss on the same ids. Overwrites acts.logits.
+void model_backward(std::vector<float>& grads, Activations& acts, Model& model, const std::int32_t* ids,
+                    const std::int32_t* targets, float loss_scale);
+
+}  // namespace scratchlm
