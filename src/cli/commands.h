@@ -9,6 +9,9 @@ namespace scratchlm::cli {
 
 void register_tokenizer_commands(CLI::App& app);
 void register_info_command(CLI::App& app);
+void register_accounting_command(CLI::App& app);
+void register_train_command(CLI::App& app);
+void register_generate_command(CLI::App& app);
 
 // Default --threads: the machine's hardware threads.
 int default_threads();

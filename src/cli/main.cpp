@@ -19,6 +19,9 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "scratchlm 0.1");
   scratchlm::cli::register_tokenizer_commands(app);
   scratchlm::cli::register_info_command(app);
+  scratchlm::cli::register_train_command(app);
+  scratchlm::cli::register_generate_command(app);
+  scratchlm::cli::register_accounting_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -24,3 +24,11 @@ void linear_backward(float* dx, float* dw, const float* dout, const float* x, co
                      std::int64_t Din, std::int64_t Dout, Accumulate dx_acc);
 
 }  // namespace scratchlm
+
+namespace scratchlm {
+
+// This machine's sgemm throughput in FLOP/s (square 1024 products for about `seconds`, all
+// threads): the peak that CPU MFU is reported against.
+double measure_sgemm_flops(double seconds = 0.3);
+
+}  // namespace scratchlm

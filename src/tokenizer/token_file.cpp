@@ -42,7 +42,7 @@ void TokenFileWriter::commit(nlohmann::json info) {
   write_file_atomic(sidecar_path(path_), sidecar.dump(2) + "\n");
 }
 
-std::vector<std::uint32_t> read_token_file(const std::string& path) {
+TokenFileMeta read_token_sidecar(const std::string& path) {
   const std::string meta_path = sidecar_path(path);
   if (!std::filesystem::exists(meta_path))
     fail(path, ": no sidecar ", meta_path, " saying its dtype (token files are written by `scratchlm tokenize`)");
@@ -52,16 +52,28 @@ std::vector<std::uint32_t> read_token_file(const std::string& path) {
   } catch (const nlohmann::json::exception& e) {
     fail(meta_path, ": invalid JSON: ", e.what());
   }
+  if (!meta.is_object()) fail(meta_path, ": not a JSON object");
   std::string dtype = meta.value("dtype", "");
   if (dtype != "uint16" && dtype != "uint32") fail(meta_path, ": \"dtype\" must be \"uint16\" or \"uint32\"");
   if (!meta.contains("token_count") || !meta["token_count"].is_number_integer())
     fail(meta_path, ": \"token_count\" is missing");
-  std::int64_t count = meta["token_count"].get<std::int64_t>();
-  std::size_t width = dtype == "uint16" ? 2 : 4;
+  TokenFileMeta out{dtype == "uint16" ? TokenDtype::uint16 : TokenDtype::uint32, meta["token_count"].get<std::int64_t>(),
+                    meta};
+  const std::int64_t width = out.dtype == TokenDtype::uint16 ? 2 : 4;
+  const std::int64_t bytes = file_size(path);
+  if (bytes != out.token_count * width)
+    fail(path, ": holds ", bytes, " bytes but its sidecar says ", out.token_count, " ", dtype, " tokens (",
+         out.token_count * width, " bytes): truncated or not the file the sidecar describes");
+  return out;
+}
+
+std::vector<std::uint32_t> read_token_file(const std::string& path) {
+  const TokenFileMeta meta = read_token_sidecar(path);
+  const std::int64_t count = meta.token_count;
+  const std::size_t width = meta.dtype == TokenDtype::uint16 ? 2 : 4;
   std::string data = read_file(path);
   if (static_cast<std::int64_t>(data.size()) != count * static_cast<std::int64_t>(width))
-    fail(path, ": holds ", data.size(), " bytes but its sidecar says ", count, " ", dtype, " tokens (", count * width,
-         " bytes): truncated or not the file the sidecar describes");
+    fail(path, ": changed size while being read");
   std::vector<std::uint32_t> ids(static_cast<std::size_t>(count));
   for (std::size_t i = 0; i < ids.size(); ++i) {
     if (width == 2) {

@@ -41,6 +41,14 @@ class TokenFileWriter {
   std::vector<std::uint16_t> narrow_;
 };
 
+struct TokenFileMeta {
+  TokenDtype dtype;
+  std::int64_t token_count;
+  nlohmann::json sidecar;
+};
+// Reads and checks "<path>.json" (and that the data's size matches it); throws Error naming the file.
+TokenFileMeta read_token_sidecar(const std::string& path);
+
 // Reads a token file as ids; dtype from its sidecar. Throws Error naming the file if the sidecar
 // is missing or malformed or the size does not match.
 std::vector<std::uint32_t> read_token_file(const std::string& path);

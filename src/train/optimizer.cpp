@@ -12,7 +12,9 @@ void adamw_step(float* params, const float* grads, AdamWState& state, const Para
   // PyTorch (single-tensor path, fp32): step_size = lr / bias1; denom = sqrt(v) / sqrt(bias2) + eps
   const float step_size = static_cast<float>(lr / bias1);
   const float bias2_sqrt = static_cast<float>(std::sqrt(bias2));
+  // 1 − β in double, rounded once (as torch does): 1.0f − (float)0.999 would be off by 200 roundings
   const float b1 = static_cast<float>(opt.beta1), b2 = static_cast<float>(opt.beta2), eps = static_cast<float>(opt.eps);
+  const float one_minus_b1 = static_cast<float>(1.0 - opt.beta1), one_minus_b2 = static_cast<float>(1.0 - opt.beta2);
   for (const ParamSpec& spec : layout.specs) {
     const bool decay = opt.weight_decay != 0.0 && (opt.decay_norm_gains || !spec.is_norm_gain);
     const float shrink = decay ? static_cast<float>(1.0 - lr * opt.weight_decay) : 1.0f;
@@ -24,8 +26,8 @@ void adamw_step(float* params, const float* grads, AdamWState& state, const Para
 #pragma omp parallel for schedule(static)
     for (std::int64_t i = 0; i < n; ++i) {
       p[i] *= shrink;
-      m[i] = b1 * m[i] + (1.0f - b1) * g[i];
-      v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
+      m[i] = b1 * m[i] + one_minus_b1 * g[i];
+      v[i] = b2 * v[i] + one_minus_b2 * g[i] * g[i];
       const float denom = std::sqrt(v[i]) / bias2_sqrt + eps;
       p[i] -= step_size * m[i] / denom;
     }

@@ -40,7 +40,7 @@ double cosine_lr(std::int64_t t, double lr_max, double lr_min, std::int64_t warm
 // The global L2 norm of all gradients (accumulated in double).
 double global_norm(const float* grads, std::int64_t n);
 
-// As torch.nn.utils.clip_grad_norm_: if norm > max_norm, scale by max_norm / (norm + 1e-6).
+// As torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) where that factor is below 1.
 // Returns the norm before clipping.
 double clip_grad_norm(float* grads, std::int64_t n, double max_norm);
 

@@ -71,14 +71,20 @@ void Progress::finish(const std::string& extra) {
   draw(total_ > 0 ? total_ : last_done_, extra, true);
 }
 
+void Progress::print(const std::string& line) {
+  std::lock_guard lock(mutex_);
+  std::fprintf(stderr, "%s%s\n", enabled_ && tty_ ? "\r\033[K" : "", line.c_str());
+  std::fflush(stderr);
+}
+
 void Progress::draw(std::int64_t done, const std::string& extra, bool final_line) {
   double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  double rate = elapsed > 0 ? done / elapsed : 0;
+  double rate = elapsed > 0 ? static_cast<double>(done - initial_) / elapsed : 0;
   char rate_text[48];
   if (unit_ == "B")
     std::snprintf(rate_text, sizeof rate_text, "%.1f MB/s", rate / 1e6);
   else
-    std::snprintf(rate_text, sizeof rate_text, "%.0f %s/s", rate, unit_.c_str());
+    std::snprintf(rate_text, sizeof rate_text, rate < 10 ? "%.2f %s/s" : "%.0f %s/s", rate, unit_.c_str());
   std::string amount = unit_ == "B" ? human_bytes(static_cast<double>(done)) : std::to_string(done);
   std::string line = label_ + " ";
   if (total_ > 0) {

@@ -16,6 +16,10 @@ class Progress {
   Progress(std::string label, std::int64_t total, std::string unit, bool enabled = true);
   ~Progress();
   void set(std::int64_t done, const std::string& extra = "");
+  // Work already done before this run (a resumed training run): counted in the bar, not the rate.
+  void set_initial(std::int64_t done) { initial_ = done; }
+  // Prints a whole line (to stderr) without garbling the bar: the bar is redrawn by the next set().
+  void print(const std::string& line);
   void finish(const std::string& extra = "");
 
  private:
@@ -26,6 +30,7 @@ class Progress {
   bool enabled_, tty_, finished_ = false;
   std::chrono::steady_clock::time_point start_, last_draw_;
   std::int64_t last_done_ = 0;
+  std::int64_t initial_ = 0;
   std::mutex mutex_;
 };
 

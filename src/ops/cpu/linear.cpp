@@ -30,3 +30,25 @@ void linear_backward(float* dx, float* dw, const float* dout, const float* x, co
 }
 
 }  // namespace scratchlm
+
+#include <chrono>
+#include <vector>
+
+namespace scratchlm {
+
+double measure_sgemm_flops(double seconds) {
+  const std::int64_t n = 1024;
+  std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);
+  linear_forward(c.data(), a.data(), b.data(), n, n, n);   // warm up threads and caches
+  const auto start = std::chrono::steady_clock::now();
+  std::int64_t reps = 0;
+  double elapsed = 0;
+  do {
+    linear_forward(c.data(), a.data(), b.data(), n, n, n);
+    ++reps;
+    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  } while (elapsed < seconds);
+  return 2.0 * n * n * n * static_cast<double>(reps) / elapsed;
+}
+
+}  // namespace scratchlm

@@ -1,0 +1,41 @@
+// Text generation on the CPU: the prompt is run once through the model, filling a KV cache; then
+// each new token costs one forward step of one position against the cache (no recomputation of
+// the prefix). Sampling: temperature 0 is greedy (argmax, lowest id on ties); otherwise softmax of
+// logits / temperature, cut to the smallest set of most likely tokens whose probability reaches
+// top_p (nucleus sampling, Holtzman et al. 2020), renormalised, and drawn.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "util/rng.h"
+
+namespace scratchlm {
+
+struct SampleOptions {
+  double temperature = 1.0;   // 0 = greedy
+  double top_p = 1.0;         // (0, 1]
+};
+
+// Draws a token from logits (V). `scratch` is reused between calls.
+std::int32_t sample_token(const float* logits, std::int64_t V, const SampleOptions& opt, Rng& rng,
+                          std::vector<std::pair<float, std::int32_t>>& scratch);
+
+enum class StopReason { end_of_text, max_new_tokens, context_length };
+const char* stop_reason_name(StopReason r);
+
+struct GenerateResult {
+  std::vector<std::int32_t> tokens;   // the new tokens (the stop token not included)
+  StopReason stop = StopReason::max_new_tokens;
+};
+
+// Generates after `prompt` (non-empty, at most context_length tokens). Stops at `stop_id` (−1: none),
+// after max_new_tokens, or when the context is full. on_token (may be empty) sees each new token.
+GenerateResult generate(Model& model, const std::vector<std::int32_t>& prompt, std::int64_t max_new_tokens,
+                        const SampleOptions& opt, std::int32_t stop_id, Rng& rng,
+                        const std::function<void(std::int32_t)>& on_token = {});
+
+}  // namespace scratchlm

@@ -1,0 +1,329 @@
+// Resource accounting: the formulas behind accounting.h, and its table and JSON renderings.
+// Every count is a closed-form expression in (V, T, C, L, H, F, B); integer counts are computed with
+// overflow checks, FLOPs in double (exact below 2^53 ≈ 9·10^15, far above one GPT-2 XL sequence).
+#include "model/accounting.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "util/error.h"
+
+namespace scratchlm {
+namespace {
+
+// Integer arithmetic that refuses to overflow (a config file can ask for any shape).
+std::int64_t mul(std::int64_t a, std::int64_t b) {
+  std::int64_t r = 0;
+  if (__builtin_mul_overflow(a, b, &r)) fail("accounting: the model is too large to count in 64-bit integers");
+  return r;
+}
+std::int64_t add(std::int64_t a, std::int64_t b) {
+  std::int64_t r = 0;
+  if (__builtin_add_overflow(a, b, &r)) fail("accounting: the model is too large to count in 64-bit integers");
+  return r;
+}
+
+ParamCounts count_params(const ModelConfig& c) {
+  const std::int64_t V = c.vocab_size, C = c.d_model, L = c.num_layers, F = c.d_ff;
+  ParamCounts p;
+  p.embedding = mul(V, C);
+  p.attention_per_layer = mul(4, mul(C, C));
+  p.norms_per_layer = mul(2, C);
+  p.ffn_per_layer = mul(3, mul(C, F));
+  p.final_norm = C;
+  p.lm_head = mul(V, C);
+  const std::int64_t per_layer = add(add(p.attention_per_layer, p.norms_per_layer), p.ffn_per_layer);
+  p.total = add(add(add(p.embedding, mul(L, per_layer)), p.final_norm), p.lm_head);
+  p.non_embedding = p.total - p.embedding;
+  return p;
+}
+
+// The forward pass's matrix products for one sequence of T tokens, in model order. A Linear with
+// weight (d_out, d_in) applied to (T, d_in) is a (T, d_in)·(d_in, d_out) product: 2·T·d_in·d_out.
+// Attention per head: scores (T, D)·(D, T) and mix (T, T)·(T, D), 2·T·T·D each, × H heads = 2·T²·C.
+std::vector<MatmulFlops> forward_matmuls(const ModelConfig& c, std::int64_t seq_len) {
+  const double V = static_cast<double>(c.vocab_size), T = static_cast<double>(seq_len),
+               C = static_cast<double>(c.d_model), L = static_cast<double>(c.num_layers),
+               F = static_cast<double>(c.d_ff);
+  return {
+      {"q_proj", "2·T·C·C·L", 2 * T * C * C * L},
+      {"k_proj", "2·T·C·C·L", 2 * T * C * C * L},
+      {"v_proj", "2·T·C·C·L", 2 * T * C * C * L},
+      {"scores Q·K^T", "2·T·T·C·L", 2 * T * T * C * L},
+      {"mix P·V", "2·T·T·C·L", 2 * T * T * C * L},
+      {"output_proj", "2·T·C·C·L", 2 * T * C * C * L},
+      {"ffn w1", "2·T·C·F·L", 2 * T * C * F * L},
+      {"ffn w3", "2·T·C·F·L", 2 * T * C * F * L},
+      {"ffn w2", "2·T·F·C·L", 2 * T * F * C * L},
+      {"lm_head", "2·T·C·V", 2 * T * C * V},
+  };
+}
+
+double sum_flops(const std::vector<MatmulFlops>& terms) {
+  double s = 0;
+  for (const MatmulFlops& m : terms) s += m.per_sequence;
+  return s;
+}
+
+// Rough forward FLOPs outside the matmuls, per token (exp, divide and rsqrt counted as one FLOP):
+//   per layer: 2 RMSNorms 2·4C (square-accumulate, scale by rstd and gain), RoPE on q and k 2·3C
+//              (4 multiplies + 2 adds per pair), softmax over T scores per head 5·H·T (scale, max,
+//              subtract, exp, sum, divide ≈ 5), SwiGLU gate 5F (silu(a)·b), residual adds 2C
+//   final:     RMSNorm 4C, cross-entropy 4V (max, subtract, exp, sum)
+double non_matmul_per_sequence(const ModelConfig& c, std::int64_t seq_len) {
+  const double V = static_cast<double>(c.vocab_size), T = static_cast<double>(seq_len),
+               C = static_cast<double>(c.d_model), L = static_cast<double>(c.num_layers),
+               H = static_cast<double>(c.num_heads), F = static_cast<double>(c.d_ff);
+  const double per_layer = 8 * C + 6 * C + 5 * H * T + 5 * F + 2 * C;
+  return T * (L * per_layer + 4 * C + 4 * V);
+}
+
+// The CPU path's plan (Activations in model.h, allocated with backward), in bytes for N tokens.
+MemoryPlan memory_plan(const ModelConfig& c, const ParamCounts& p, std::int64_t N) {
+  const std::int64_t V = c.vocab_size, C = c.d_model, L = c.num_layers, H = c.num_heads, F = c.d_ff;
+  constexpr std::int64_t f32 = 4;
+  MemoryPlan m;
+  m.parameters = mul(f32, p.total);
+  m.gradients = mul(f32, p.total);
+  m.adamw_state = mul(2 * f32, p.total);
+  // Per layer, per token: x_in, ln1, q, k, v, attn, x_mid, ln2 (8C); rstd1, rstd2 (2); lse (H);
+  // a, b, h (3F).
+  const std::int64_t layer_floats = add(add(add(mul(8, C), 2), H), mul(3, F));
+  m.act_layers = mul(f32, mul(mul(N, layer_floats), L));
+  // Per token: x_final, ln_final (2C); rstd_final, losses, ce_lse (3).
+  m.act_final = mul(f32, mul(N, add(mul(2, C), 3)));
+  m.act_logits = mul(f32, mul(N, V));
+  // Backward scratch per token: dx, dbuf, dq, dk, dv (5C); dh, da, db (3F).
+  m.act_backward = mul(f32, mul(N, add(mul(5, C), mul(3, F))));
+  m.activations = add(add(add(m.act_layers, m.act_final), m.act_logits), m.act_backward);
+  m.total = add(add(add(m.parameters, m.gradients), m.adamw_state), m.activations);
+  return m;
+}
+
+// ---- formatting ----
+
+std::string commas(std::int64_t v) {
+  std::string digits = std::to_string(v < 0 ? -v : v), out;
+  for (std::size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return v < 0 ? "-" + out : out;
+}
+
+// Exact with separators while a double holds the integer exactly, else scientific.
+std::string commas(double v) {
+  if (std::fabs(v) < 9.0e15 && v == std::floor(v)) return commas(static_cast<std::int64_t>(v));
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.4e", v);
+  return buf;
+}
+
+// 4.513 TFLOPs, 20.97 GFLOPs, ...: three decimals in the largest unit that keeps the value ≥ 1.
+std::string flops(double v) {
+  static const char* units[] = {"", "k", "M", "G", "T", "P", "E"};
+  int u = 0;
+  while (u < 6 && std::fabs(v) >= 1000.0) {
+    v /= 1000.0;
+    ++u;
+  }
+  char buf[48];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %sFLOPs" : "%.3f %sFLOPs", v, units[u]);
+  return buf;
+}
+
+std::string gigabytes(std::int64_t bytes) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%.3f GB", static_cast<double>(bytes) / 1e9);
+  return buf;
+}
+
+std::string percent(double part, double whole) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f%%", whole > 0 ? 100.0 * part / whole : 0.0);
+  return buf;
+}
+
+// Rows of cells rendered with columns padded to the widest cell: the first two columns
+// left-aligned (names, formulas), the rest right-aligned (numbers). Rows may be short.
+using Rows = std::vector<std::vector<std::string>>;
+
+// Display width: UTF-8 continuation bytes take no column (the formulas use "·", "²", "−").
+std::size_t width(const std::string& s) {
+  std::size_t w = 0;
+  for (unsigned char ch : s) w += (ch & 0xC0) != 0x80;
+  return w;
+}
+
+std::string render(const Rows& rows) {
+  std::vector<std::size_t> widths;
+  for (const auto& row : rows)
+    for (std::size_t i = 0; i < row.size(); ++i) {
+      if (widths.size() <= i) widths.push_back(0);
+      widths[i] = std::max(widths[i], width(row[i]));
+    }
+  std::string out;
+  for (const auto& row : rows) {
+    std::string line = "  ";
+    for (std::size_t i = 0; i < row.size(); ++i) {
+      const std::string pad(widths[i] - width(row[i]), ' ');
+      line += i < 2 ? row[i] + pad : pad + row[i];
+      if (i + 1 < row.size()) line += "   ";
+    }
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    out += line + "\n";
+  }
+  return out;
+}
+
+// FLOPs in JSON: an integer while it is exact, else a double.
+nlohmann::ordered_json json_flops(double v) {
+  if (std::fabs(v) < 9.0e15 && v == std::floor(v)) return static_cast<std::int64_t>(v);
+  return v;
+}
+
+}  // namespace
+
+Accounting compute_accounting(const ModelConfig& c, std::int64_t batch, std::int64_t seq_len) {
+  if (batch <= 0) fail("accounting: the batch size must be positive, got ", batch);
+  if (seq_len <= 0) fail("accounting: the sequence length must be positive, got ", seq_len);
+  if (seq_len > c.context_length)
+    fail("accounting: the sequence length (", seq_len, ") exceeds the model's context_length (", c.context_length,
+         ")");
+  Accounting a;
+  a.config = c;
+  a.batch = batch;
+  a.seq_len = seq_len;
+  a.params = count_params(c);
+  a.forward = forward_matmuls(c, seq_len);
+  const double T = static_cast<double>(seq_len);
+  a.forward_per_sequence = sum_flops(a.forward);
+  a.forward_per_token = a.forward_per_sequence / T;
+  a.backward_per_sequence = 2 * a.forward_per_sequence;
+  a.training_per_sequence = 3 * a.forward_per_sequence;
+  a.training_per_token = train_flops_per_token(c, seq_len);
+  a.training_per_step = static_cast<double>(batch) * a.training_per_sequence;
+  a.non_matmul_per_sequence = non_matmul_per_sequence(c, seq_len);
+  a.memory = memory_plan(c, a.params, mul(batch, seq_len));
+  return a;
+}
+
+double train_flops_per_token(const ModelConfig& c, std::int64_t seq_len) {
+  return 3.0 * sum_flops(forward_matmuls(c, seq_len)) / static_cast<double>(seq_len);
+}
+
+std::string accounting_table(const Accounting& a) {
+  const ModelConfig& c = a.config;
+  const ParamCounts& p = a.params;
+  const MemoryPlan& m = a.memory;
+  const double P = static_cast<double>(p.total);
+  std::string out;
+  out += str("model: V = vocab_size ", commas(c.vocab_size), ", C = d_model ", commas(c.d_model), ", L = num_layers ",
+             c.num_layers, ", H = num_heads ", c.num_heads, " (d_head ", c.d_head(), "), F = d_ff ", commas(c.d_ff),
+             ", context_length ", commas(c.context_length), "\n");
+  out += str("accounted at: batch B = ", commas(a.batch), ", sequence length T = ", commas(a.seq_len),
+             ", N = B·T = ", commas(a.batch * a.seq_len), " tokens\n\n");
+
+  out += "Parameters\n";
+  out += render({
+      {"component", "formula", "per layer", "total", "share"},
+      {"token embedding", "V·C", "-", commas(p.embedding), percent(p.embedding, P)},
+      {"attention q, k, v, output", "4·C²·L", commas(p.attention_per_layer), commas(c.num_layers * p.attention_per_layer),
+       percent(c.num_layers * p.attention_per_layer, P)},
+      {"norms ln1, ln2", "2·C·L", commas(p.norms_per_layer), commas(c.num_layers * p.norms_per_layer),
+       percent(c.num_layers * p.norms_per_layer, P)},
+      {"SwiGLU w1, w2, w3", "3·C·F·L", commas(p.ffn_per_layer), commas(c.num_layers * p.ffn_per_layer),
+       percent(c.num_layers * p.ffn_per_layer, P)},
+      {"final norm", "C", "-", commas(p.final_norm), percent(p.final_norm, P)},
+      {"lm_head (untied)", "V·C", "-", commas(p.lm_head), percent(p.lm_head, P)},
+      {"total", "", "", commas(p.total), percent(P, P)},
+      {"non-embedding", "total − V·C", "", commas(p.non_embedding), percent(p.non_embedding, P)},
+  });
+  out += "  (non-embedding excludes the token embedding only; lm_head is counted in it)\n\n";
+
+  out += str("Forward FLOPs, one sequence of T = ", commas(a.seq_len),
+             " tokens: matmuls at 2·m·n·k, attention unmasked (full T×T)\n");
+  Rows flop_rows = {{"matmul", "formula", "per sequence", "per token", "share"}};
+  for (const MatmulFlops& mm : a.forward)
+    flop_rows.push_back({mm.name, mm.formula, flops(mm.per_sequence), flops(mm.per_sequence / a.seq_len),
+                         percent(mm.per_sequence, a.forward_per_sequence)});
+  flop_rows.push_back({"forward total", "", flops(a.forward_per_sequence), flops(a.forward_per_token), "100.00%"});
+  flop_rows.push_back({"backward", "2 × forward", flops(a.backward_per_sequence), flops(2 * a.forward_per_token)});
+  flop_rows.push_back({"training", "3 × forward", flops(a.training_per_sequence), flops(a.training_per_token)});
+  flop_rows.push_back({str("training step, B = ", commas(a.batch)), "3 × forward × B", flops(a.training_per_step)});
+  out += render(flop_rows);
+  out += str("  forward total exactly ", commas(a.forward_per_sequence), " FLOPs per sequence\n");
+  out += str("  non-matmul ops (norms, RoPE, softmax, SwiGLU gate, residual adds, cross-entropy), counted roughly:\n  ",
+             flops(a.non_matmul_per_sequence), " per sequence = ",
+             percent(a.non_matmul_per_sequence, a.forward_per_sequence),
+             " of the forward matmuls; negligible, not included above\n\n");
+
+  out += str("Memory, fp32, B = ", commas(a.batch), ", T = ", commas(a.seq_len),
+             "; activations are the CPU path's plan (the buffers of Activations in model.h)\n");
+  out += render({
+      {"item", "formula (bytes)", "bytes", "size"},
+      {"parameters", "4·P", commas(m.parameters), gigabytes(m.parameters)},
+      {"gradients", "4·P", commas(m.gradients), gigabytes(m.gradients)},
+      {"AdamW state m, v", "8·P", commas(m.adamw_state), gigabytes(m.adamw_state)},
+      {"activations, per layer", "4·N·(8C + 2 + H + 3F)·L", commas(m.act_layers), gigabytes(m.act_layers)},
+      {"activations, final", "4·N·(2C + 3)", commas(m.act_final), gigabytes(m.act_final)},
+      {"logits", "4·N·V", commas(m.act_logits), gigabytes(m.act_logits)},
+      {"backward scratch", "4·N·(5C + 3F)", commas(m.act_backward), gigabytes(m.act_backward)},
+      {"activations total", "", commas(m.activations), gigabytes(m.activations)},
+      {"training total", "", commas(m.total), gigabytes(m.total)},
+  });
+  out += "  per layer: x_in, ln1, q, k, v, attn, x_mid, ln2 (8C), rstd1, rstd2 (2), lse (H), a, b, h (3F) per token;\n"
+         "  final: x_final, ln_final (2C), rstd_final, losses, ce_lse (3); backward scratch: dx, dbuf, dq, dk, dv (5C),\n"
+         "  dh, da, db (3F). Per-thread temporaries inside ops are not counted.\n";
+  return out;
+}
+
+nlohmann::ordered_json to_json(const Accounting& a) {
+  using ojson = nlohmann::ordered_json;
+  const ParamCounts& p = a.params;
+  const MemoryPlan& m = a.memory;
+  ojson forward = ojson::object();
+  for (const MatmulFlops& mm : a.forward) forward[mm.name] = json_flops(mm.per_sequence);
+  forward["total"] = json_flops(a.forward_per_sequence);
+  return {
+      {"config", to_json(a.config)},
+      {"batch", a.batch},
+      {"seq_len", a.seq_len},
+      {"tokens", a.batch * a.seq_len},
+      {"parameters",
+       {{"embedding", p.embedding},
+        {"attention_per_layer", p.attention_per_layer},
+        {"norms_per_layer", p.norms_per_layer},
+        {"ffn_per_layer", p.ffn_per_layer},
+        {"final_norm", p.final_norm},
+        {"lm_head", p.lm_head},
+        {"total", p.total},
+        {"non_embedding", p.non_embedding},
+        {"non_embedding_convention", "excludes the token embedding only; lm_head is counted"}}},
+      {"flops",
+       {{"convention", "matmuls only, 2*m*n*k; attention unmasked (full T x T); backward = 2 x forward"},
+        {"forward_per_sequence", forward},
+        {"forward_per_token", a.forward_per_token},
+        {"backward_per_sequence", json_flops(a.backward_per_sequence)},
+        {"training_per_sequence", json_flops(a.training_per_sequence)},
+        {"training_per_token", a.training_per_token},
+        {"training_per_step", json_flops(a.training_per_step)},
+        {"non_matmul_per_sequence_rough", a.non_matmul_per_sequence}}},
+      {"memory_bytes",
+       {{"dtype", "fp32"},
+        {"activation_plan", "CPU path (Activations in model.h, with backward buffers)"},
+        {"parameters", m.parameters},
+        {"gradients", m.gradients},
+        {"adamw_state", m.adamw_state},
+        {"activations",
+         {{"per_layer_saved", m.act_layers},
+          {"final", m.act_final},
+          {"logits", m.act_logits},
+          {"backward_scratch", m.act_backward},
+          {"total", m.activations}}},
+        {"total", m.total}}},
+  };
+}
+
+}  // namespace scratchlm

@@ -1,0 +1,90 @@
+// Resource accounting (CS336 assignment 1, "resource accounting"): parameters, FLOPs and fp32
+// memory of the Transformer LM in model.h, computed from its shape alone — nothing is allocated.
+//
+// Dimensions: V vocab_size, C d_model, L num_layers, H num_heads, F d_ff; T is the sequence length
+// being accounted (default context_length, at most context_length), B the batch, N = B·T tokens.
+//
+// Conventions (each has variants in the literature; these are the ones used here):
+//   - Parameters: token embedding (V, C); per layer ln1 (C), q/k/v/output projections (C, C) each,
+//     no biases, ln2 (C), SwiGLU w1 (F, C), w2 (C, F), w3 (F, C); ln_final (C); an untied lm_head
+//     (V, C). "Non-embedding" excludes the token embedding only; lm_head is counted in it.
+//   - FLOPs: a matrix product (m, k)·(k, n) costs 2·m·n·k. Attention scores Q·Kᵀ and the mix P·V are
+//     counted unmasked (full T×T): the causal mask does not change the dense products we compute.
+//     Backward of a matmul is two matmuls of the same size (dinput and dweight), so backward = 2×
+//     forward and a training step = 3× forward — the standard 6·N_params per token plus attention.
+//     Non-matmul ops (norms, RoPE, softmax, SwiGLU's gate, residual adds, cross-entropy) are counted
+//     roughly, reported separately and left out of the totals (well under 1% at GPT-2 sizes).
+//   - Memory: fp32 (4 bytes a value). Parameters, gradients (same arena layout), AdamW m and v (2×
+//     parameters), and the activations of the CPU path's plan: exactly the float buffers of
+//     Activations (model.h) allocated with backward, i.e. Activations(c, B, T).bytes(). Per-thread
+//     temporaries inside ops and the (T) int32 positions buffer are not counted.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace scratchlm {
+
+struct ParamCounts {
+  std::int64_t embedding = 0;            // V·C token embedding
+  std::int64_t attention_per_layer = 0;  // 4·C²  q, k, v, output projections
+  std::int64_t norms_per_layer = 0;      // 2·C   ln1, ln2 gains
+  std::int64_t ffn_per_layer = 0;        // 3·C·F w1, w2, w3
+  std::int64_t final_norm = 0;           // C
+  std::int64_t lm_head = 0;              // V·C (untied)
+  std::int64_t total = 0;                // embedding + L·(per layer) + final_norm + lm_head
+  std::int64_t non_embedding = 0;        // total − embedding (lm_head counted)
+};
+
+// One matrix product of the forward pass, summed over the layers it occurs in, for one sequence.
+struct MatmulFlops {
+  std::string name;      // "q_proj", "scores QK^T", ...
+  std::string formula;   // "2·T·C·C·L"
+  double per_sequence;   // FLOPs for one sequence of T tokens
+};
+
+struct MemoryPlan {   // bytes, fp32
+  std::int64_t parameters = 0;        // 4·P
+  std::int64_t gradients = 0;         // 4·P
+  std::int64_t adamw_state = 0;       // 8·P (m and v)
+  std::int64_t act_layers = 0;        // 4·N·(8C + 2 + H + 3F)·L   saved by forward for backward
+  std::int64_t act_final = 0;         // 4·N·(2C + 3)  x_final, ln_final, rstd_final, losses, ce_lse
+  std::int64_t act_logits = 0;        // 4·N·V
+  std::int64_t act_backward = 0;      // 4·N·(5C + 3F) backward scratch dx, dbuf, dq, dk, dv, dh, da, db
+  std::int64_t activations = 0;       // the four above
+  std::int64_t total = 0;             // parameters + gradients + adamw_state + activations
+};
+
+struct Accounting {
+  ModelConfig config;
+  std::int64_t batch = 0;     // B
+  std::int64_t seq_len = 0;   // T
+  ParamCounts params;
+  std::vector<MatmulFlops> forward;   // every forward matmul, in model order
+  double forward_per_sequence = 0;    // Σ forward
+  double forward_per_token = 0;       // forward_per_sequence / T
+  double backward_per_sequence = 0;   // 2 × forward
+  double training_per_sequence = 0;   // 3 × forward
+  double training_per_token = 0;      // = train_flops_per_token(config, T)
+  double training_per_step = 0;       // B × training_per_sequence
+  double non_matmul_per_sequence = 0; // rough forward estimate, not in any total above
+  MemoryPlan memory;
+};
+
+// Throws Error if batch or seq_len is not positive, seq_len exceeds context_length, or a count
+// overflows 64 bits.
+Accounting compute_accounting(const ModelConfig& c, std::int64_t batch, std::int64_t seq_len);
+
+// Training FLOPs per token at sequence length seq_len: 3 × forward matmul FLOPs / seq_len, i.e.
+// 6·(non-embedding matmul weights) + 12·L·T·C (attention, unmasked). For MFU.
+double train_flops_per_token(const ModelConfig& c, std::int64_t seq_len);
+
+// A human-readable report: aligned columns, thousands separators, GB (10⁹ bytes) and TFLOPs.
+std::string accounting_table(const Accounting& a);
+nlohmann::ordered_json to_json(const Accounting& a);
+
+}  // namespace scratchlm

@@ -1,0 +1,190 @@
+#include "train/train_config.h"
+
+#include <algorithm>
+
+#include "util/error.h"
+
+namespace scratchlm {
+
+const std::vector<TrainField>& train_fields() {
+  static const std::vector<TrainField> fields = {
+      {"model.vocab_size", "vocabulary size (the tokenizer's)"},
+      {"model.context_length", "tokens per training sequence (and the longest generation)"},
+      {"model.d_model", "width of the residual stream"},
+      {"model.num_layers", "number of Transformer blocks"},
+      {"model.num_heads", "attention heads (d_model must be divisible by it)"},
+      {"model.d_ff", "hidden width of the SwiGLU feed-forward"},
+      {"model.rope_theta", "RoPE base"},
+      {"train_data", "token file to train on (uint16/uint32, from `scratchlm tokenize`)"},
+      {"valid_data", "token file for validation loss (\"\" for none)"},
+      {"batch_size", "sequences per micro-batch"},
+      {"grad_accum", "micro-batches per optimizer step"},
+      {"steps", "optimizer steps"},
+      {"seed", "seed of initialisation and batch sampling"},
+      {"threads", "CPU threads (0 = all)"},
+      {"optimizer.lr_max", "peak learning rate"},
+      {"optimizer.lr_min", "final learning rate of the cosine schedule"},
+      {"optimizer.warmup", "linear warmup steps"},
+      {"optimizer.cycle", "step where the cosine reaches lr_min (0 = steps)"},
+      {"optimizer.beta1", "AdamW beta1"},
+      {"optimizer.beta2", "AdamW beta2"},
+      {"optimizer.eps", "AdamW epsilon"},
+      {"optimizer.weight_decay", "AdamW decoupled weight decay"},
+      {"optimizer.decay_norm_gains", "apply weight decay to RMSNorm gains too (CS336 does)"},
+      {"optimizer.clip", "global gradient-norm clipping threshold (0 = off)"},
+      {"eval.interval", "steps between validation evaluations (0 = only at the end)"},
+      {"eval.batches", "validation batches per evaluation (fixed windows of the file)"},
+      {"checkpoint.interval", "steps between checkpoints (0 = only at the end)"},
+      {"checkpoint.keep", "checkpoints kept, newest first (0 = all)"},
+      {"log_interval", "steps between progress lines and metrics records"},
+      {"out_dir", "run directory: config, metrics.jsonl, checkpoints/"},
+      {"peak_flops", "peak FLOP/s for MFU (0 = measure this machine's sgemm)"},
+  };
+  return fields;
+}
+
+nlohmann::ordered_json train_defaults() {
+  return {{"valid_data", ""},
+          {"batch_size", 32},
+          {"grad_accum", 1},
+          {"steps", 1000},
+          {"seed", 0},
+          {"threads", 0},
+          {"optimizer",
+           {{"lr_max", 1e-3},
+            {"lr_min", 1e-4},
+            {"warmup", 100},
+            {"cycle", 0},
+            {"beta1", 0.9},
+            {"beta2", 0.95},
+            {"eps", 1e-8},
+            {"weight_decay", 0.1},
+            {"decay_norm_gains", true},
+            {"clip", 1.0}}},
+          {"eval", {{"interval", 100}, {"batches", 10}}},
+          {"checkpoint", {{"interval", 500}, {"keep", 3}}},
+          {"log_interval", 10},
+          {"out_dir", "runs/train"},
+          {"peak_flops", 0.0}};
+}
+
+namespace {
+
+bool known_field(const std::string& name) {
+  for (const TrainField& f : train_fields())
+    if (f.name == name) return true;
+  return false;
+}
+
+bool is_section(const std::string& name) { return name == "model" || name == "optimizer" || name == "eval" || name == "checkpoint"; }
+
+}  // namespace
+
+void merge_train_json(nlohmann::ordered_json& base, const nlohmann::json& overlay, const std::string& where) {
+  if (!overlay.is_object()) fail(where, ": the run config must be a JSON object");
+  for (const auto& [key, value] : overlay.items()) {
+    if (is_section(key)) {
+      if (!value.is_object()) fail(where, ": field \"", key, "\" must be an object");
+      for (const auto& [sub, v] : value.items()) {
+        const std::string name = key + "." + sub;
+        if (!known_field(name)) fail(where, ": unknown field \"", name, "\"");
+        base[key][sub] = v;
+      }
+    } else {
+      if (!known_field(key)) fail(where, ": unknown field \"", key, "\"");
+      base[key] = value;
+    }
+  }
+}
+
+nlohmann::json parse_flag_value(const std::string& field, const std::string& text) {
+  const bool is_path = field == "train_data" || field == "valid_data" || field == "out_dir";
+  if (is_path) return text;
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception&) {
+    fail("--", field, ": cannot read \"", text, "\" as a number or true/false");
+  }
+}
+
+namespace {
+
+const nlohmann::ordered_json& field(const nlohmann::ordered_json& j, const std::string& name) {
+  const auto dot = name.find('.');
+  const nlohmann::ordered_json* v = &j;
+  if (dot != std::string::npos) {
+    if (!j.contains(name.substr(0, dot))) fail("run config: field \"", name, "\" is missing");
+    v = &j.at(name.substr(0, dot));
+  }
+  const std::string leaf = dot == std::string::npos ? name : name.substr(dot + 1);
+  if (!v->contains(leaf)) fail("run config: field \"", name, "\" is missing");
+  return v->at(leaf);
+}
+
+std::int64_t get_int(const nlohmann::ordered_json& j, const std::string& name, std::int64_t min) {
+  const auto& v = field(j, name);
+  if (!v.is_number_integer()) fail("run config: field \"", name, "\" must be an integer, got ", v.dump());
+  const auto x = v.get<std::int64_t>();
+  if (x < min) fail("run config: field \"", name, "\" must be at least ", min, ", got ", x);
+  return x;
+}
+
+double get_double(const nlohmann::ordered_json& j, const std::string& name, double min) {
+  const auto& v = field(j, name);
+  if (!v.is_number()) fail("run config: field \"", name, "\" must be a number, got ", v.dump());
+  const double x = v.get<double>();
+  if (!(x >= min)) fail("run config: field \"", name, "\" must be at least ", min, ", got ", x);
+  return x;
+}
+
+std::string get_string(const nlohmann::ordered_json& j, const std::string& name) {
+  const auto& v = field(j, name);
+  if (!v.is_string()) fail("run config: field \"", name, "\" must be a string, got ", v.dump());
+  return v.get<std::string>();
+}
+
+}  // namespace
+
+TrainConfig train_config_from_json(const nlohmann::ordered_json& j) {
+  TrainConfig c;
+  if (!j.contains("model")) fail("run config: the \"model\" object is missing");
+  c.model = model_config_from_json(j.at("model"), "run config");
+  c.train_data = get_string(j, "train_data");
+  if (c.train_data.empty()) fail("run config: field \"train_data\" is empty");
+  c.valid_data = get_string(j, "valid_data");
+  c.batch_size = get_int(j, "batch_size", 1);
+  c.grad_accum = get_int(j, "grad_accum", 1);
+  c.steps = get_int(j, "steps", 1);
+  c.seed = static_cast<std::uint64_t>(get_int(j, "seed", 0));
+  c.threads = static_cast<int>(get_int(j, "threads", 0));
+  c.lr_max = get_double(j, "optimizer.lr_max", 0.0);
+  c.lr_min = get_double(j, "optimizer.lr_min", 0.0);
+  c.warmup = get_int(j, "optimizer.warmup", 0);
+  c.cycle = get_int(j, "optimizer.cycle", 0);
+  if (c.cycle == 0) c.cycle = std::max(c.steps, c.warmup);
+  if (c.cycle < c.warmup)
+    fail("run config: field \"optimizer.cycle\" (", c.cycle, ") must not be less than \"optimizer.warmup\" (", c.warmup, ")");
+  c.adamw.beta1 = get_double(j, "optimizer.beta1", 0.0);
+  c.adamw.beta2 = get_double(j, "optimizer.beta2", 0.0);
+  if (c.adamw.beta1 >= 1.0) fail("run config: field \"optimizer.beta1\" must be below 1");
+  if (c.adamw.beta2 >= 1.0) fail("run config: field \"optimizer.beta2\" must be below 1");
+  c.adamw.eps = get_double(j, "optimizer.eps", 0.0);
+  c.adamw.weight_decay = get_double(j, "optimizer.weight_decay", 0.0);
+  const auto& decay = field(j, "optimizer.decay_norm_gains");
+  if (!decay.is_boolean()) fail("run config: field \"optimizer.decay_norm_gains\" must be true or false");
+  c.adamw.decay_norm_gains = decay.get<bool>();
+  c.clip = get_double(j, "optimizer.clip", 0.0);
+  c.eval_interval = get_int(j, "eval.interval", 0);
+  c.eval_batches = get_int(j, "eval.batches", 1);
+  c.checkpoint_interval = get_int(j, "checkpoint.interval", 0);
+  c.checkpoint_keep = get_int(j, "checkpoint.keep", 0);
+  c.log_interval = get_int(j, "log_interval", 1);
+  c.out_dir = get_string(j, "out_dir");
+  if (c.out_dir.empty()) fail("run config: field \"out_dir\" is empty");
+  c.peak_flops = get_double(j, "peak_flops", 0.0);
+  c.json = j;
+  c.json["optimizer"]["cycle"] = c.cycle;   // resolved, as used
+  return c;
+}
+
+}  // namespace scratchlm
