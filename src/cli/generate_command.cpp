@@ -27,7 +27,7 @@ void run(const GenerateArgs& a) {
   if (a.temperature < 0) fail("--temperature must be >= 0 (0 = greedy), got ", a.temperature);
   if (!(a.top_p > 0 && a.top_p <= 1)) fail("--top-p must be in (0, 1], got ", a.top_p);
   if (a.max_new_tokens < 0) fail("--max-new-tokens must be >= 0");
-  omp_set_num_threads(a.threads > 0 ? a.threads : omp_get_num_procs());
+  if (a.threads > 0) omp_set_num_threads(a.threads);   // else OMP_NUM_THREADS, or all cores
   const std::string dir = resolve_checkpoint(a.checkpoint);
   Model model(read_checkpoint_model_config(dir));
   load_checkpoint_weights(dir, model);
@@ -62,6 +62,7 @@ void run(const GenerateArgs& a) {
                                     });
   const double seconds = now_seconds() - start;
   std::printf("\n");
+  std::fflush(stdout);
   std::fprintf(stderr, "generated %zu tokens in %.2f s (%.1f tokens/s); stopped at %s\n", r.tokens.size(), seconds,
                static_cast<double>(r.tokens.size()) / std::max(seconds, 1e-9), stop_reason_name(r.stop));
 }

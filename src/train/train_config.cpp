@@ -21,7 +21,7 @@ const std::vector<TrainField>& train_fields() {
       {"grad_accum", "micro-batches per optimizer step"},
       {"steps", "optimizer steps"},
       {"seed", "seed of initialisation and batch sampling"},
-      {"threads", "CPU threads (0 = all)"},
+      {"threads", "CPU threads (0 = OMP_NUM_THREADS if set, else all cores)"},
       {"optimizer.lr_max", "peak learning rate"},
       {"optimizer.lr_min", "final learning rate of the cosine schedule"},
       {"optimizer.warmup", "linear warmup steps"},

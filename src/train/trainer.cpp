@@ -78,7 +78,7 @@ std::string fmt(const char* format, double v) {
 TrainResult run_training(const TrainConfig& cfg, const std::string& resume_checkpoint) {
   const ModelConfig& mc = cfg.model;
   const std::int64_t B = cfg.batch_size, T = mc.context_length;
-  omp_set_num_threads(cfg.threads > 0 ? cfg.threads : omp_get_num_procs());
+  if (cfg.threads > 0) omp_set_num_threads(cfg.threads);   // else OMP_NUM_THREADS, or all cores
 
   // Data first: the cheapest place to find a wrong path or vocabulary.
   const TokenData train(cfg.train_data, mc.vocab_size);
