@@ -105,6 +105,7 @@ int main(int argc, char** argv) {
                               static_cast<double>(c.num_layers * (4 * C * C + 3 * C * F) + C * V);
   std::printf("model %lld params, batch %lld x %lld, %d threads\n", static_cast<long long>(model.layout.total),
               static_cast<long long>(B), static_cast<long long>(T), omp_get_max_threads());
+  std::printf("BLAS: %s\n", blas_description().c_str());
   std::printf("sgemm 1024^3:            %8.1f GFLOP/s\n", sgemm / 1e9);
   std::printf("training step (median):  %8.1f ms   %8.0f tokens/s   %6.1f GFLOP/s = %.0f%% of sgemm\n", 1e3 * t_step,
               tokens_per_s, achieved / 1e9, 100 * achieved / sgemm);
@@ -113,7 +114,7 @@ int main(int argc, char** argv) {
   std::printf("  attention fwd+bwd:     %8.1f ms   (%4.0f%%)\n", 1e3 * t_attention, 100 * t_attention / t_step);
   std::printf("  everything else:       %8.1f ms   (%4.0f%%)\n", 1e3 * (t_step - t_linear - t_attention),
               100 * (t_step - t_linear - t_attention) / t_step);
-  nlohmann::ordered_json j = {{"params", model.layout.total}, {"batch", B}, {"seq", T},
+  nlohmann::ordered_json j = {{"params", model.layout.total}, {"blas", blas_description()}, {"batch", B}, {"seq", T},
                               {"sgemm_gflops", sgemm / 1e9}, {"step_ms", 1e3 * t_step},
                               {"tokens_per_s", tokens_per_s}, {"achieved_gflops", achieved / 1e9},
                               {"fraction_of_sgemm", achieved / sgemm}, {"linear_ms", 1e3 * t_linear},

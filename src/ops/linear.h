@@ -2,6 +2,8 @@
 // y = x · Wᵀ. No biases anywhere in this model.
 #pragma once
 
+#include <string>
+
 #include "ops/common.h"
 
 namespace scratchlm {
@@ -30,5 +32,8 @@ namespace scratchlm {
 // This machine's sgemm throughput in FLOP/s (square 1024 products for about `seconds`, all
 // threads): the peak that CPU MFU is reported against.
 double measure_sgemm_flops(double seconds = 0.3);
+
+// "OpenBLAS 0.3.21 ... , kernels SkylakeX": the BLAS and the kernels it runs.
+std::string blas_description();
 
 }  // namespace scratchlm

@@ -138,8 +138,8 @@ TrainResult run_training(const TrainConfig& cfg, const std::string& resume_check
   std::printf("memory plan (fp32, CPU): parameters %s, gradients %s, AdamW state %s, activations %s (batch %lld x %lld)\n",
               human_bytes(param_bytes).c_str(), human_bytes(param_bytes).c_str(), human_bytes(2 * param_bytes).c_str(),
               human_bytes(static_cast<double>(acts.bytes())).c_str(), static_cast<long long>(B), static_cast<long long>(T));
-  std::printf("threads: %d; MFU is reported against %.1f GFLOP/s (%s)\n", omp_get_max_threads(), peak / 1e9,
-              cfg.peak_flops > 0 ? "peak_flops" : "this machine's measured sgemm");
+  std::printf("threads: %d; BLAS: %s; MFU is reported against %.1f GFLOP/s (%s)\n", omp_get_max_threads(),
+              blas_description().c_str(), peak / 1e9, cfg.peak_flops > 0 ? "peak_flops" : "this machine's measured sgemm");
   if (!resume_checkpoint.empty())
     std::printf("resuming from %s at step %lld\n", resume_checkpoint.c_str(), static_cast<long long>(state.step));
   std::fflush(stdout);

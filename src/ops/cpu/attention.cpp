@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "ops/cpu/fast_exp.h"
 #include "ops/linear.h"
 
 namespace scratchlm {
@@ -36,8 +37,9 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
           float max = row[0];
           for (std::int64_t j = 1; j < visible; ++j) max = row[j] > max ? row[j] : max;
           double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
           for (std::int64_t j = 0; j < visible; ++j) {
-            row[j] = std::exp(row[j] - max);
+            row[j] = fast_exp(row[j] - max);
             sum += row[j];
           }
           const float inv = static_cast<float>(1.0 / sum);
@@ -69,7 +71,8 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
         gemm(p.data(), T, q + base, C, Transpose::no, k + base, C, Transpose::yes, T, T, D, scale, Accumulate::no);
         for (std::int64_t i = 0; i < T; ++i) {
           float* row = p.data() + i * T;
-          for (std::int64_t j = 0; j <= i; ++j) row[j] = std::exp(row[j] - lse_h[i]);
+          const float l = lse_h[i];
+          for (std::int64_t j = 0; j <= i; ++j) row[j] = fast_exp(row[j] - l);
           for (std::int64_t j = i + 1; j < T; ++j) row[j] = 0.0f;
         }
         // dV = Pᵀ dO

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "ops/cpu/fast_exp.h"
+
 namespace scratchlm {
 namespace {
 
@@ -9,8 +11,9 @@ namespace {
 double row_lse(const float* row, std::int64_t V) {
   float max = row[0];
   for (std::int64_t v = 1; v < V; ++v) max = row[v] > max ? row[v] : max;
-  double sum = 0.0;
-  for (std::int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(row[v]) - max);
+  double sum = 0.0;   // each exp in float (z − max ≤ 0, so no overflow), the sum in double
+#pragma omp simd reduction(+ : sum)
+  for (std::int64_t v = 0; v < V; ++v) sum += fast_exp(row[v] - max);
   return max + std::log(sum);
 }
 
@@ -20,7 +23,8 @@ void softmax_forward(float* out, const float* x, std::int64_t N, std::int64_t V)
 #pragma omp parallel for schedule(static)
   for (std::int64_t n = 0; n < N; ++n) {
     const double lse = row_lse(x + n * V, V);
-    for (std::int64_t v = 0; v < V; ++v) out[n * V + v] = static_cast<float>(std::exp(x[n * V + v] - lse));
+    // x − lse in double: lse rounded to float would cost up to half an ulp of |lse| in every exponent
+    for (std::int64_t v = 0; v < V; ++v) out[n * V + v] = fast_exp(static_cast<float>(x[n * V + v] - lse));
   }
 }
 
@@ -43,7 +47,8 @@ void cross_entropy_backward(float* dlogits, const float* logits, const float* ls
   for (std::int64_t n = 0; n < N; ++n) {
     const float* z = logits + n * V;
     float* d = dlogits + n * V;
-    for (std::int64_t v = 0; v < V; ++v) d[v] = std::exp(z[v] - lse[n]) * scale;
+    const float l = lse[n];
+    for (std::int64_t v = 0; v < V; ++v) d[v] = fast_exp(z[v] - l) * scale;
     d[targets[n]] -= scale;
   }
 }
