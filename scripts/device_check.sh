@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (through the device tool): the test suite from a build made here and
 # carried along (build-dev/, configured with CUDA), so the CUDA tests run instead of skipping.
-#   scripts/device_check.sh [BUILD_DIR]
+#   scripts/device_check.sh [BUILD_DIR | .device/BUILD_DIR.tar.xz]
 # ctest files hold the absolute paths of the machine that configured the build; links make the
 # same paths valid here (also for a build staged by scripts/stage_device.sh into .device/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build-dev}
+if [[ "$build" == *.tar.xz ]]; then   # packed by scripts/stage_device.sh
+  tar -C "$(dirname "$build")" -xJf "$build"
+  build=${build%.tar.xz}
+fi
 configured_root=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$build/CMakeCache.txt")
 if [[ "$configured_root" != "$PWD" && ! -e "$configured_root" ]]; then
   mkdir -p "$(dirname "$configured_root")"
