@@ -161,7 +161,7 @@ TEST(AccountingCli, BadConfigsFailCleanly) {
   expect_clean_failure(run_cli({"accounting", "--config", dir.file("run.json")}), {"run.json", "n_embd"});
 
   write_bytes(dir.file("broken.json"), "{\"vocab_size\": 50257,");
-  expect_clean_failure(run_cli({"accounting", "--config", dir.file("broken.json")}), {"broken.json", "malformed JSON"});
+  expect_clean_failure(run_cli({"accounting", "--config", dir.file("broken.json")}), {"broken.json", "invalid JSON"});
 
   expect_clean_failure(run_cli({"accounting", "--config", dir.file("missing.json")}), {"missing.json"});
   expect_clean_failure(run_cli({"accounting", "--config", config_path("gpt2-xl.json"), "--seq", "2048"}),

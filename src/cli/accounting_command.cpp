@@ -12,7 +12,7 @@
 #include "model/accounting.h"
 #include "model/config.h"
 #include "util/error.h"
-#include "util/files.h"
+#include "util/json_file.h"
 
 namespace scratchlm::cli {
 
@@ -27,13 +27,7 @@ struct AccountingArgs {
 
 // The model config in `path`: the whole file, or its "model" object if it is a run config.
 ModelConfig load_model_config(const std::string& path) {
-  const std::string text = read_file(path);   // throws naming the file
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
-    fail(path, ": malformed JSON: ", e.what());
-  }
+  const nlohmann::json j = read_json_file(path);
   if (j.is_object() && j.contains("model")) return model_config_from_json(j["model"], path + " (\"model\")");
   return model_config_from_json(j, path);
 }

@@ -10,7 +10,7 @@
 #include "train/train_config.h"
 #include "train/trainer.h"
 #include "util/error.h"
-#include "util/files.h"
+#include "util/json_file.h"
 
 namespace scratchlm::cli {
 namespace {
@@ -19,14 +19,6 @@ struct TrainArgs {
   std::string config, resume;
   std::map<std::string, std::string> fields;   // dotted field → flag text, for the flags given
 };
-
-nlohmann::json read_json_file(const std::string& path) {
-  try {
-    return nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    fail(path, ": invalid JSON: ", e.what());
-  }
-}
 
 void run(const TrainArgs& args, const std::map<std::string, CLI::Option*>& options) {
   // Layers, later ones winning: defaults, the checkpoint's run config, the file, the flags.

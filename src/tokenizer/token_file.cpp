@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "util/error.h"
+#include "util/json_file.h"
 
 namespace scratchlm {
 
@@ -46,12 +47,7 @@ TokenFileMeta read_token_sidecar(const std::string& path) {
   const std::string meta_path = sidecar_path(path);
   if (!std::filesystem::exists(meta_path))
     fail(path, ": no sidecar ", meta_path, " saying its dtype (token files are written by `scratchlm tokenize`)");
-  nlohmann::json meta;
-  try {
-    meta = nlohmann::json::parse(read_file(meta_path));
-  } catch (const nlohmann::json::exception& e) {
-    fail(meta_path, ": invalid JSON: ", e.what());
-  }
+  const nlohmann::json meta = read_json_file(meta_path);
   if (!meta.is_object()) fail(meta_path, ": not a JSON object");
   std::string dtype = meta.value("dtype", "");
   if (dtype != "uint16" && dtype != "uint32") fail(meta_path, ": \"dtype\" must be \"uint16\" or \"uint32\"");

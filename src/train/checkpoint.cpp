@@ -11,6 +11,7 @@
 #include "tensor/safetensors.h"
 #include "util/error.h"
 #include "util/files.h"
+#include "util/json_file.h"
 
 namespace fs = std::filesystem;
 
@@ -43,14 +44,6 @@ std::vector<fs::path> checkpoint_dirs(const std::string& dir) {
   return out;
 }
 
-nlohmann::json read_json(const std::string& path) {
-  try {
-    return nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    fail(path, ": invalid JSON: ", e.what());
-  }
-}
-
 std::string hex(std::uint64_t v) {
   char buf[24];
   std::snprintf(buf, sizeof buf, "%016" PRIx64, v);
@@ -63,7 +56,7 @@ std::string save_checkpoint(const std::string& checkpoints_dir, Model& model, co
                             const TrainState& state, const nlohmann::ordered_json& run_config) {
   make_directories(checkpoints_dir);
   const fs::path final_dir = fs::path(checkpoints_dir) / step_name(state.step);
-  const fs::path tmp_dir = fs::path(checkpoints_dir) / ("." + step_name(state.step) + ".tmp-" + std::to_string(::getpid()));
+  const fs::path tmp_dir = fs::path(checkpoints_dir) / str(".", step_name(state.step), ".tmp-", ::getpid());
   std::error_code ec;
   fs::remove_all(tmp_dir, ec);
   make_directories(tmp_dir.string());
@@ -117,7 +110,7 @@ std::string resolve_checkpoint(const std::string& path) {
 ModelConfig read_checkpoint_model_config(const std::string& dir) {
   const std::string state_path = (fs::path(dir) / "state.json").string();
   if (fs::exists(state_path)) {
-    const nlohmann::json j = read_json(state_path);
+    const nlohmann::json j = read_json_file(state_path);
     if (!j.contains("model")) fail(state_path, ": has no \"model\" config");
     return model_config_from_json(j["model"], state_path);
   }
@@ -147,7 +140,7 @@ void load_checkpoint_weights(const std::string& dir, Model& model) {
 
 ResumeInfo read_checkpoint_state(const std::string& dir) {
   const std::string path = (fs::path(dir) / "state.json").string();
-  const nlohmann::json j = read_json(path);
+  const nlohmann::json j = read_json_file(path);
   ResumeInfo r;
   try {
     if (j.at("format") != "scratchlm-checkpoint") fail(path, ": not a scratchlm checkpoint state");
