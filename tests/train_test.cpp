@@ -11,6 +11,7 @@
 
 #include "generate/generate.h"
 #include "model/model.h"
+#include "tensor/device.h"
 #include "tensor/safetensors.h"
 #include "test_util.h"
 #include "tokenizer/token_file.h"
@@ -208,6 +209,7 @@ struct RunFiles {
                         {"batch_size", 8},
                         {"steps", 40},
                         {"threads", 1},   // ctest runs tests side by side: no oversubscription
+                        {"device", "cpu"},
                         {"optimizer", {{"lr_max", 1e-2}, {"lr_min", 1e-3}, {"warmup", 5}}},
                         {"eval", {{"interval", 20}, {"batches", 2}}},
                         {"checkpoint", {{"interval", 20}, {"keep", 0}}},
@@ -283,7 +285,8 @@ TEST(GenerateCommand, GreedyIsDeterministicAndSamplingFollowsTheSeed) {
                                       "--model.num_layers", "1", "--model.num_heads", "2", "--model.d_ff", "64",
                                       "--model.rope_theta", "10000.0", "--train_data", dir.file("train.bin"), "--steps", "60",
                                       "--batch_size", "8", "--optimizer.lr_max", "1e-2", "--optimizer.warmup", "5",
-                                      "--out_dir", dir.file("run"), "--peak_flops", "1e10", "--threads", "1"});
+                                      "--out_dir", dir.file("run"), "--peak_flops", "1e10", "--threads", "1",
+                                      "--device", "cpu"});
   ASSERT_EQ(trained.exit_code, 0) << trained.err;
   auto gen = [&](const std::string& temperature, const std::string& seed) {
     const auto r = test::run_cli({"generate", "--checkpoint", dir.file("run"), "--tokenizer", dir.file("tok"), "--prompt",
@@ -372,6 +375,72 @@ TEST(TrainCommand, BadInputFailsCleanlyNamingTheProblem) {
   for (const auto& e : fs::recursive_directory_iterator(out))
     if (e.is_regular_file()) after[e.path().string()] = test::read_bytes(e.path().string());
   EXPECT_EQ(before, after);
+}
+
+
+// ---- the same command on the GPU (skipped without one) -------------------------------------------
+
+#define SLM_REQUIRE_GPU() \
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no GPU on this machine"
+
+TEST(TrainCommandGpu, LearnsAndResumesBitForBit) {
+  SLM_REQUIRE_GPU();
+  RunFiles f;
+  const auto straight = test::run_cli({"train", "--config", f.config, "--out_dir", f.out("a"), "--device", "cuda"});
+  ASSERT_EQ(straight.exit_code, 0) << straight.err << straight.out;
+  EXPECT_NE(straight.out.find("memory plan (GPU, bf16)"), std::string::npos) << straight.out;
+  const auto la = train_losses(read_metrics(f.out("a")));
+  ASSERT_EQ(la.size(), 40u);
+  EXPECT_LT(la.back(), la.front() - 1.0) << "loss should fall on patterned data";
+  const auto first = test::run_cli({"train", "--config", f.config, "--out_dir", f.out("b"), "--steps", "20",
+                                    "--optimizer.cycle", "40", "--device", "cuda"});
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  const auto second = test::run_cli({"train", "--resume", f.out("b"), "--steps", "40"});
+  ASSERT_EQ(second.exit_code, 0) << second.err;
+  const auto lb = train_losses(read_metrics(f.out("b")));
+  ASSERT_EQ(la.size(), lb.size());
+  for (std::size_t i = 0; i < la.size(); ++i) EXPECT_EQ(la[i], lb[i]) << "step " << i + 1;   // exact, not near
+  EXPECT_EQ(test::read_bytes(f.out("a") + "/checkpoints/step_000040/model.safetensors"),
+            test::read_bytes(f.out("b") + "/checkpoints/step_000040/model.safetensors"));
+}
+
+// A checkpoint written on one device continues on the other. In fp32 the two devices differ only
+// by summation order, so the losses of the continued runs agree closely with a one-device run.
+TEST(TrainCommandGpu, CheckpointsMoveBetweenCpuAndGpu) {
+  SLM_REQUIRE_GPU();
+  RunFiles f;
+  const auto cpu = test::run_cli({"train", "--config", f.config, "--out_dir", f.out("cpu"), "--device", "cpu"});
+  ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
+  const auto reference = train_losses(read_metrics(f.out("cpu")));
+  for (const char* first_device : {"cuda", "cpu"}) {
+    const std::string second_device = std::string(first_device) == "cuda" ? "cpu" : "cuda";
+    const std::string dir = f.out(std::string("from_") + first_device);
+    const auto a = test::run_cli({"train", "--config", f.config, "--out_dir", dir, "--steps", "20", "--optimizer.cycle",
+                                  "40", "--device", first_device, "--precision", "fp32"});
+    ASSERT_EQ(a.exit_code, 0) << a.err;
+    const auto b = test::run_cli({"train", "--resume", dir, "--steps", "40", "--device", second_device, "--precision",
+                                  "fp32"});
+    ASSERT_EQ(b.exit_code, 0) << b.err << b.out;
+    const auto losses = train_losses(read_metrics(dir));
+    ASSERT_EQ(losses.size(), reference.size());
+    for (std::size_t i = 0; i < losses.size(); ++i)
+      EXPECT_NEAR(losses[i], reference[i], 1e-3 * reference[i]) << first_device << " then " << second_device
+                                                                << ", step " << i + 1;
+  }
+}
+
+TEST(TrainCommandGpu, NanLossStopsWithoutUpdating) {
+  SLM_REQUIRE_GPU();
+  RunFiles f;
+  const auto r = test::run_cli({"train", "--config", f.config, "--out_dir", f.out("run"), "--optimizer.lr_max", "1e30",
+                                "--optimizer.warmup", "0", "--optimizer.clip", "0", "--checkpoint.interval", "1",
+                                "--device", "cuda"});
+  test::expect_clean_failure(r, {"step ", "is ", "last good checkpoint"});
+  for (const auto& e : fs::directory_iterator(f.out("run") + "/checkpoints")) {
+    if (e.path().filename().string().rfind("step_", 0) != 0) continue;
+    SafetensorsFile weights(e.path().string() + "/model.safetensors");
+    for (const float v : weights.floats("ln_final.weight")) ASSERT_TRUE(std::isfinite(v));
+  }
 }
 
 }  // namespace

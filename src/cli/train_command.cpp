@@ -52,7 +52,7 @@ void run(const TrainArgs& args, const std::map<std::string, CLI::Option*>& optio
 void register_train_command(CLI::App& app) {
   auto args = std::make_shared<TrainArgs>();
   auto options = std::make_shared<std::map<std::string, CLI::Option*>>();
-  CLI::App* sub = app.add_subcommand("train", "Train a Transformer language model on token files (CPU)");
+  CLI::App* sub = app.add_subcommand("train", "Train a Transformer language model on token files (GPU when present, else CPU)");
   sub->footer(
       "Every field of the run config can be given as a flag of the same dotted name, which wins over the file,\n"
       "e.g. --steps 2000 --optimizer.lr_max 3e-4 --model.d_model 256. See configs/ for examples.\n"

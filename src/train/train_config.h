@@ -13,7 +13,8 @@
 //                 "decay_norm_gains": true, "clip": 1.0 (0 = off)},
 //   "eval": {"interval": 100, "batches": 10},
 //   "checkpoint": {"interval": 500 (0 = only at the end), "keep": 3 (0 = all)},
-//   "log_interval": 10,   "out_dir": "runs/train",   "peak_flops": 0 (0 = measure sgemm)
+//   "log_interval": 10,   "out_dir": "runs/train",   "peak_flops": 0 (0 = measure sgemm / GPU default),
+//   "device": "auto" (cuda when a GPU is present, else cpu),   "precision": "bf16" (GPU only)
 // }
 #pragma once
 
@@ -26,6 +27,8 @@
 #include "train/optimizer.h"
 
 namespace scratchlm {
+
+enum class TrainDevice { cpu, cuda };
 
 struct TrainConfig {
   ModelConfig model;
@@ -42,6 +45,8 @@ struct TrainConfig {
   std::int64_t log_interval = 10;
   std::string out_dir = "runs/train";
   double peak_flops = 0;
+  TrainDevice device = TrainDevice::cpu;
+  bool bf16 = true;   // GPU working precision (the CPU path is fp32)
 
   nlohmann::ordered_json json;   // the effective configuration, as printed and saved
 };

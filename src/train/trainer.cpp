@@ -11,9 +11,9 @@
 
 #include "model/accounting.h"
 #include "model/model.h"
-#include "ops/linear.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
+#include "train/engine.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/progress.h"
@@ -78,7 +78,7 @@ std::string fmt(const char* format, double v) {
 TrainResult run_training(const TrainConfig& cfg, const std::string& resume_checkpoint) {
   const ModelConfig& mc = cfg.model;
   const std::int64_t B = cfg.batch_size, T = mc.context_length;
-  if (cfg.threads > 0) omp_set_num_threads(cfg.threads);   // else OMP_NUM_THREADS, or all cores
+  if (cfg.threads > 0) omp_set_num_threads(cfg.threads);   // else OMP_NUM_THREADS, or all cores (CPU engine)
 
   // Data first: the cheapest place to find a wrong path or vocabulary.
   const TokenData train(cfg.train_data, mc.vocab_size);
@@ -120,11 +120,14 @@ TrainResult run_training(const TrainConfig& cfg, const std::string& resume_check
   else truncate_metrics(metrics_path, state.step);
   write_file_atomic((fs::path(cfg.out_dir) / "config.json").string(), cfg.json.dump(2) + "\n");
 
-  Activations acts(mc, B, T);
-  std::vector<float> grads(static_cast<std::size_t>(model.layout.total));
-  std::vector<std::int32_t> x(static_cast<std::size_t>(B * T)), y(x.size());
+  // The device: the CPU computes on `model` itself, the GPU on its own copy.
+  std::unique_ptr<TrainEngine> engine = cfg.device == TrainDevice::cuda ? make_cuda_engine(cfg, model, adam)
+                                                                         : make_cpu_engine(cfg, model, adam);
+  const std::int64_t step_tokens = B * T * cfg.grad_accum;
+  std::vector<std::int32_t> x(static_cast<std::size_t>(step_tokens)), y(x.size());
+  std::vector<std::int32_t> eval_x(static_cast<std::size_t>(B * T)), eval_y(eval_x.size());
   const double flops_per_token = train_flops_per_token(mc, T);
-  const double peak = cfg.peak_flops > 0 ? cfg.peak_flops : measure_sgemm_flops();
+  const double peak = engine->peak_flops();
 
   // Effective settings and the memory plan.
   std::printf("scratchlm train: effective settings\n%s\n", cfg.json.dump(2).c_str());
@@ -132,14 +135,9 @@ TrainResult run_training(const TrainConfig& cfg, const std::string& resume_check
               dtype_name(train.dtype()), train.has_sidecar() ? "" : ", no sidecar: read as uint16");
   if (valid) std::printf("; %s: %lld tokens", cfg.valid_data.c_str(), static_cast<long long>(valid->size()));
   std::printf("\n");
-  const double param_bytes = 4.0 * static_cast<double>(model.layout.total);
   std::printf("model: %lld parameters; %.3g GFLOP per token per training step\n",
               static_cast<long long>(model.layout.total), flops_per_token / 1e9);
-  std::printf("memory plan (fp32, CPU): parameters %s, gradients %s, AdamW state %s, activations %s (batch %lld x %lld)\n",
-              human_bytes(param_bytes).c_str(), human_bytes(param_bytes).c_str(), human_bytes(2 * param_bytes).c_str(),
-              human_bytes(static_cast<double>(acts.bytes())).c_str(), static_cast<long long>(B), static_cast<long long>(T));
-  std::printf("threads: %d; BLAS: %s; MFU is reported against %.1f GFLOP/s (%s)\n", omp_get_max_threads(),
-              blas_description().c_str(), peak / 1e9, cfg.peak_flops > 0 ? "peak_flops" : "this machine's measured sgemm");
+  std::printf("%s\n", engine->describe().c_str());
   if (!resume_checkpoint.empty())
     std::printf("resuming from %s at step %lld\n", resume_checkpoint.c_str(), static_cast<long long>(state.step));
   std::fflush(stdout);
@@ -154,15 +152,18 @@ TrainResult run_training(const TrainConfig& cfg, const std::string& resume_check
     const std::int64_t windows = cfg.eval_batches * B;
     double sum = 0;
     for (std::int64_t e = 0; e < cfg.eval_batches; ++e) {
-      window_batch(x.data(), y.data(), *valid, B, T, e * B, windows);
-      model_forward(acts, model, x.data(), B, T);
-      sum += model_loss(acts, model, y.data());
+      window_batch(eval_x.data(), eval_y.data(), *valid, B, T, e * B, windows);
+      sum += engine->eval_loss(eval_x.data(), eval_y.data());
     }
     return sum / static_cast<double>(cfg.eval_batches);
   };
+  // The sampler's state after the batches of the last finished step (the next step's batch is drawn
+  // ahead, while the device works).
+  auto rng_at_step = data_rng.state();
   auto checkpoint = [&](double segment_elapsed) {
+    engine->sync_to_host();
     TrainState saved = state;
-    saved.data_rng = data_rng.state();
+    saved.data_rng = rng_at_step;
     saved.elapsed_s += segment_elapsed;   // training time of all segments so far
     last_checkpoint = save_checkpoint(checkpoints_dir, model, adam, saved, cfg.json);
     prune_checkpoints(checkpoints_dir, cfg.checkpoint_keep);
@@ -176,19 +177,18 @@ TrainResult run_training(const TrainConfig& cfg, const std::string& resume_check
   double interval_start = segment_start, excluded = 0;   // eval/checkpoint time left out of tokens/s
   std::int64_t interval_tokens = 0;
   double tokens_per_s = 0, mfu = 0;
+  auto draw_batch = [&] {
+    for (std::int64_t micro = 0; micro < cfg.grad_accum; ++micro)
+      sample_batch(x.data() + micro * B * T, y.data() + micro * B * T, train, B, T, data_rng);
+  };
+  if (state.step < cfg.steps) draw_batch();
   while (state.step < cfg.steps) {
-    const double lr = cosine_lr(state.step, cfg.lr_max, cfg.lr_min, cfg.warmup, cfg.cycle);
-    std::fill(grads.begin(), grads.end(), 0.0f);
-    double loss = 0;
-    for (std::int64_t micro = 0; micro < cfg.grad_accum; ++micro) {
-      sample_batch(x.data(), y.data(), train, B, T, data_rng);
-      model_forward(acts, model, x.data(), B, T);
-      loss += model_loss(acts, model, y.data()) / static_cast<double>(cfg.grad_accum);
-      model_backward(grads, acts, model, x.data(), y.data(), 1.0f / static_cast<float>(cfg.grad_accum));
-    }
-    const double norm = cfg.clip > 0 ? clip_grad_norm(grads.data(), model.layout.total, cfg.clip)
-                                     : global_norm(grads.data(), model.layout.total);
-    if (!std::isfinite(loss) || !std::isfinite(norm)) {
+    engine->submit_step(x.data(), y.data(), state.step);
+    rng_at_step = data_rng.state();
+    if (state.step + 1 < cfg.steps) draw_batch();   // overlaps the device's step
+    const StepResult r = engine->finish_step();
+    const double loss = r.loss, norm = r.grad_norm, lr = r.lr;
+    if (!r.updated) {
       progress.finish();
       fail("step ", state.step + 1, ": the ", std::isfinite(loss) ? "gradient norm" : "loss", " is ",
            std::isfinite(loss) ? norm : loss, "; stopping without updating. ",
@@ -196,10 +196,9 @@ TrainResult run_training(const TrainConfig& cfg, const std::string& resume_check
                                    : "The last good checkpoint is " + last_checkpoint + " (intact)",
            ". Try a lower optimizer.lr_max or more warmup.");
     }
-    adamw_step(model.params.data(), grads.data(), adam, model.layout, lr, cfg.adamw);
     state.step += 1;
-    state.tokens_seen += B * T * cfg.grad_accum;
-    interval_tokens += B * T * cfg.grad_accum;
+    state.tokens_seen += step_tokens;
+    interval_tokens += step_tokens;
     const bool last = state.step == cfg.steps;
 
     if (state.step % cfg.log_interval == 0 || last || state.step == 1) {

@@ -1,4 +1,4 @@
-// The training loop of `scratchlm train` on the CPU:
+// The training loop of `scratchlm train`, on the CPU or the GPU (train/engine.h):
 //   for each step: lr from the cosine schedule; grad_accum micro-batches of random windows
 //   (forward, loss, backward, gradients summed with weight 1/grad_accum); global-norm clipping;
 //   AdamW. Every log_interval steps a metrics record, every eval.interval the validation loss over

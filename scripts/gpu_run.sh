@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Everything GPU in one call of the device tool (the GPU machine; build made here and staged by
+# scripts/stage_device.sh into .device/build.tar.xz, carried as .device):
+#   scripts/gpu_run.sh [tests,bench,parity]     (default: all three)
+#   tests   PyTorch's own bf16 errors (reference/torch_bf16_errors.py), then the whole ctest suite,
+#           GPU tests included;
+#   bench   bench/train_gpu/run.sh: scratchlm against torch_lm.py (eager, compile), same GPU;
+#   parity  bench/train_gpu/parity.sh: CPU fp32 vs GPU bf16 validation losses on Gutenberg tokens.
+# Logs and the fixtures written go to $OUT (when set) for the caller to keep.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-tests,bench,parity}
+out=${OUT:-/tmp/scratchlm-gpu}
+mkdir -p "$out"
+status=0
+if [[ ! -d .device/build ]]; then tar -C .device -xJf .device/build.tar.xz; fi
+export BENCH_BUILD=.device/build
+if [[ ",$what," == *,tests,* ]]; then
+  PYTHONUNBUFFERED=1 python3 reference/torch_bf16_errors.py tests/data/reference/lm-small > "$out/torch_bf16_errors.log" 2>&1 \
+    || { echo "torch_bf16_errors.py failed:"; tail -20 "$out/torch_bf16_errors.log"; status=1; }
+  cp tests/data/reference/lm-small/torch_bf16_errors.json tests/data/reference/lm-small/attention_cases.safetensors "$out/" 2>/dev/null
+  scripts/device_check.sh .device/build > "$out/ctest.log" 2>&1 || status=1
+  grep -E "tests passed|tests failed|Failed|\*\*\*" "$out/ctest.log" | head -40
+  .device/build/tests/scratchlm_tests --gtest_filter='Gpu*' 2>&1 | grep -E "^  |OK|FAILED" > "$out/gpu_tests.log"
+  head -80 "$out/gpu_tests.log"
+fi
+if [[ ",$what," == *,bench,* ]]; then
+  bench/train_gpu/run.sh 2>&1 | tee "$out/bench.log" | tail -12 || status=1
+fi
+if [[ ",$what," == *,parity,* && -x bench/train_gpu/parity.sh ]]; then
+  bench/train_gpu/parity.sh 2>&1 | tee "$out/parity.log" | tail -20 || status=1
+fi
+exit $status

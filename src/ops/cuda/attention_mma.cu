@@ -1,0 +1,869 @@
+// Causal attention on bf16 tensor cores (mma.sync m16n8k16, fp32 accumulation), flash-attention-2
+// style: the T×T score matrix is never stored. Semantics and layouts: attention_cuda.h.
+//
+// Forward (attention_forward_mma_kernel), one block of 4 warps per (sequence b, head h, 64 queries):
+//   each warp owns 16 query rows and keeps their Q fragments, the running row max m, the running row
+//   sum l and the output accumulator O (16 × D, fp32) in registers. Key/value tiles of kBlockN rows
+//   are staged in shared memory with cp.async, double-buffered (tile n+1 loads while tile n is used):
+//     S = Q Kᵀ            (16 × kBlockN per warp)
+//     m' = max(m, rowmax S);  P = exp(scale·(S − m'));  l = l·exp(scale·(m − m')) + rowsum P
+//     O = O·exp(scale·(m − m')) + P V   (P rounded to bf16 for the mma, as flash attention does)
+//   and at the end O / l and lse = scale·m + log l. The exponentials are exp2 with log2(e) folded
+//   into the scale. Causality: key tiles after the block's last query are never loaded; only tiles
+//   that cross the diagonal are masked.
+// Backward, three kernels, no atomics (results are bit-identical run to run):
+//   attention_backward_delta_kernel      delta = rowsum(dO ⊙ O) (B, H, T), fp32;
+//   attention_backward_dq_mma_kernel     per 64 queries, loops over key tiles at or before them:
+//                                        P = exp(scale·S − lse), dP = dO Vᵀ, dS = P ⊙ (dP − delta),
+//                                        dQ = scale · dS K;
+//   attention_backward_dkdv_mma_kernel   per 64 keys (16 per warp), loops over query tiles at or
+//                                        after them, computing the transposed products
+//                                        Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, dV = Pᵀ dO, dK = scale · dSᵀ Q.
+//   Each output element is owned by one warp and summed in a fixed order.
+//
+// mma.sync.m16n8k16 fragments (lane = 4·g + t; two bf16 per 32-bit register, lower column first):
+//   A 16×16 row-major: a0 (row g, cols 2t, 2t+1), a1 (row g+8, same cols), a2 (row g, cols 2t+8, +9),
+//                      a3 (row g+8, cols 2t+8, +9)
+//   B 16×8 "col":      b0 (k rows 2t, 2t+1, col g), b1 (k rows 2t+8, 2t+9, col g)
+//   C 16×8 fp32:       c0, c1 (row g, cols 2t, 2t+1), c2, c3 (row g+8, cols 2t, 2t+1)
+// ldmatrix.x4 loads four 8×8 bf16 matrices; lanes 8i..8i+7 give the row addresses of matrix i, and
+// lane l receives row l/4, cols 2(l%4), +1 of each (".trans": col l/4, rows 2(l%4), +1), which is
+// exactly an A or B register. A C fragment of two adjacent n-blocks (16 columns) is, once rounded to
+// bf16, an A fragment for the next product: this is how P and dS feed P V, dS K, Pᵀ dO, dSᵀ Q.
+//
+// Shared-memory rows are padded from D to D + 8 bf16 (16 bytes), so the 8 row addresses of an
+// ldmatrix fall in 8 different bank groups. Rows at or past T are zero-filled on load (cp.async
+// with a source size of 0) and never written back. Requires D in {32, 64, 128} and 16-byte aligned
+// tensors. Left out: non-causal attention, Tq != Tk, GQA.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "ops/cuda/attention_cuda.h"
+#include "tensor/cuda/cuda_check.cuh"
+#include "util/error.h"
+
+namespace scratchlm {
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kRowsPerWarp = 16;                         // the m of m16n8k16
+constexpr int kPad = 8;                                  // bf16 of padding per shared-memory row
+constexpr int kBlockQ = kWarps * kRowsPerWarp;           // 64 queries (forward, dQ) or keys (dK dV)
+// Occupancy hint for ptxas. With 2 blocks per SM it may use up to 255 registers, which every kernel
+// here needs (up to ~250 for D = 128) to keep its fragments and accumulators without spilling;
+// without a hint ptxas chose 128 registers for the D = 32 dQ kernel and spilled.
+constexpr int kMinBlocksPerSm = 2;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// Tile sizes per head dimension. Registers per thread grow with D (the fp32 accumulators are
+// 16 × D per warp, D/2 per thread), so D = 128 shortens the loop-tile of the backward kernels to
+// keep S, dP and the accumulators under 255 registers without spilling.
+template <int D>
+struct MmaTiles;
+template <>
+struct MmaTiles<32> {
+  static constexpr int forward_keys = 64, dq_keys = 64, dkdv_queries = 64;
+};
+template <>
+struct MmaTiles<64> {
+  static constexpr int forward_keys = 64, dq_keys = 64, dkdv_queries = 64;
+};
+template <>
+struct MmaTiles<128> {
+  static constexpr int forward_keys = 64, dq_keys = 32, dkdv_queries = 32;
+};
+
+// ---- PTX wrappers ----------------------------------------------------------------------------
+// The "memory" clobbers keep the compiler from moving ordinary shared-memory accesses across them;
+// ptxas still schedules the instructions by their real dependencies.
+
+__device__ __forceinline__ std::uint32_t smem_addr(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared, bypassing L1; valid == false writes 16 zero bytes and reads nothing.
+__device__ __forceinline__ void cp_async_16(std::uint32_t dst, const void* src, bool valid) {
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
+               : "memory");
+}
+
+// 4 bytes global -> shared; valid == false writes 0.0f.
+__device__ __forceinline__ void cp_async_4(std::uint32_t dst, const void* src, bool valid) {
+  const int src_bytes = valid ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
+               : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+__device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], std::uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], std::uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+
+// c (16×8 fp32) += a (16×16 bf16) · b (16×8 bf16).
+__device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
+                                               std::uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats rounded to nearest-even bf16, lo in the low half (the lower column of a fragment).
+__device__ __forceinline__ std::uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  std::uint32_t u;
+  std::memcpy(&u, &v, 4);
+  return u;
+}
+
+// ---- fragment loaders (all addresses are shared-memory tiles with kStride = D + kPad) -----------
+
+// A fragment of rows [row0, row0 + 16), cols [col0, col0 + 16) of a row-major tile (Q, K, V, dO as
+// the left operand). Matrices: 0 = rows 0-7 cols 0-7 (a0), 1 = rows 8-15 (a1), 2 = cols 8-15 (a2), 3.
+template <int kStride>
+__device__ __forceinline__ void load_a_frag(std::uint32_t (&a)[4], std::uint32_t tile, int row0, int col0,
+                                            int lane) {
+  const int row = row0 + (lane % 16);
+  const int col = col0 + (lane / 16) * 8;
+  ldmatrix_x4(a, tile + static_cast<std::uint32_t>((row * kStride + col) * 2));
+}
+
+// B fragments for X Yᵀ where Y is a row-major tile (rows = the n dimension, cols = the k dimension):
+// n rows [n0, n0 + 16) as two n-blocks of 8, k cols [k0, k0 + 16). b[0], b[1] are b0, b1 of n-block
+// n0..n0+7 and b[2], b[3] of n-block n0+8..n0+15. Matrices: 0 = rows 0-7 cols 0-7, 1 = rows 0-7
+// cols 8-15, 2 = rows 8-15 cols 0-7, 3 = rows 8-15 cols 8-15.
+template <int kStride>
+__device__ __forceinline__ void load_b_frag_rows_are_n(std::uint32_t (&b)[4], std::uint32_t tile, int n0, int k0,
+                                                       int lane) {
+  const int row = n0 + (lane % 8) + (lane / 16) * 8;
+  const int col = k0 + ((lane / 8) % 2) * 8;
+  ldmatrix_x4(b, tile + static_cast<std::uint32_t>((row * kStride + col) * 2));
+}
+
+// B fragments for X Y where Y is a row-major tile (rows = the k dimension, cols = the n dimension):
+// k rows [k0, k0 + 16), n cols [n0, n0 + 16) as two n-blocks of 8, loaded transposed. b[0], b[1]
+// for n-block n0..n0+7, b[2], b[3] for n0+8..n0+15. Matrices: 0 = rows 0-7 cols 0-7, 1 = rows 8-15
+// cols 0-7, 2 = rows 0-7 cols 8-15, 3 = rows 8-15 cols 8-15.
+template <int kStride>
+__device__ __forceinline__ void load_b_frag_rows_are_k(std::uint32_t (&b)[4], std::uint32_t tile, int k0, int n0,
+                                                       int lane) {
+  const int row = k0 + (lane % 8) + ((lane / 8) % 2) * 8;
+  const int col = n0 + (lane / 16) * 8;
+  ldmatrix_x4_trans(b, tile + static_cast<std::uint32_t>((row * kStride + col) * 2));
+}
+
+// C fragments of n-blocks 2kk and 2kk+1 (16 columns) as an A fragment over those 16 columns.
+__device__ __forceinline__ void c_pair_to_a_frag(std::uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4]) {
+  a[0] = pack_bf16x2(c0[0], c0[1]);   // row g,   cols 2t, 2t+1
+  a[1] = pack_bf16x2(c0[2], c0[3]);   // row g+8, cols 2t, 2t+1
+  a[2] = pack_bf16x2(c1[0], c1[1]);   // row g,   cols 2t+8, 2t+9
+  a[3] = pack_bf16x2(c1[2], c1[3]);   // row g+8, cols 2t+8, 2t+9
+}
+
+// acc (16 × 8·kNB per warp) += A (16 × 16·kKSteps, fragments in registers) · Yᵀ, Y a shared tile
+// with the n dimension along rows starting at row 0.
+template <int kStride, int kNB, int kKSteps>
+__device__ __forceinline__ void mma_a_regs_times_tile_t(float (&acc)[kNB][4], const std::uint32_t (&a)[kKSteps][4],
+                                                        std::uint32_t tile, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < kKSteps; ++kk) {
+#pragma unroll
+    for (int nb = 0; nb < kNB; nb += 2) {
+      std::uint32_t b[4];
+      load_b_frag_rows_are_n<kStride>(b, tile, nb * 8, kk * 16, lane);
+      mma_bf16_16816(acc[nb], a[kk], b[0], b[1]);
+      mma_bf16_16816(acc[nb + 1], a[kk], b[2], b[3]);
+    }
+  }
+}
+
+// acc (16 × D per warp) += X (16 × 8·kXB, C fragments in fp32, rounded to bf16 here) · Y, Y a shared
+// tile (8·kXB rows of k, D cols of n).
+template <int kStride, int kDB, int kXB>
+__device__ __forceinline__ void mma_c_regs_times_tile(float (&acc)[kDB][4], const float (&x)[kXB][4],
+                                                      std::uint32_t tile, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < kXB / 2; ++kk) {
+    std::uint32_t a[4];
+    c_pair_to_a_frag(a, x[2 * kk], x[2 * kk + 1]);
+#pragma unroll
+    for (int db = 0; db < kDB; db += 2) {
+      std::uint32_t b[4];
+      load_b_frag_rows_are_k<kStride>(b, tile, kk * 16, db * 8, lane);
+      mma_bf16_16816(acc[db], a, b[0], b[1]);
+      mma_bf16_16816(acc[db + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// ---- global -> shared tile copies --------------------------------------------------------------
+
+// Rows [row0, row0 + kRows) of one head (D bf16 per row, consecutive rows row_stride apart in
+// global memory, base = the head's columns in row 0 of the sequence) into a (kRows, D + kPad)
+// shared tile. Rows at or past T become zeros. Issued by all kThreads threads; not committed.
+template <int kRows, int D>
+__device__ __forceinline__ void load_rows_async(bf16* tile, const bf16* base, std::int64_t row_stride, int row0,
+                                                int T, int tid) {
+  constexpr int kChunksPerRow = D / 8;   // 16-byte chunks
+  constexpr int kChunks = kRows * kChunksPerRow;
+  static_assert(kChunks % kThreads == 0, "tile must split evenly over the block");
+#pragma unroll
+  for (int i = 0; i < kChunks / kThreads; ++i) {
+    const int chunk = tid + i * kThreads;
+    const int r = chunk / kChunksPerRow;
+    const int col = (chunk % kChunksPerRow) * 8;
+    const bool valid = row0 + r < T;
+    const bf16* src = base + static_cast<std::int64_t>(valid ? row0 + r : 0) * row_stride + col;   // in bounds
+    cp_async_16(smem_addr(tile + r * (D + kPad) + col), src, valid);
+  }
+}
+
+// kRows floats [row0, row0 + kRows) of a (T) vector into shared memory, zeros past T. Not committed.
+template <int kRows>
+__device__ __forceinline__ void load_vector_async(float* dst, const float* src, int row0, int T, int tid) {
+  static_assert(kRows <= kThreads);
+  if (tid < kRows) {
+    const bool valid = row0 + tid < T;
+    cp_async_4(smem_addr(dst + tid), src + (valid ? row0 + tid : 0), valid);
+  }
+}
+
+// A warp's 16 rows of a (·, D + kPad) shared tile to global rows row0.. (skipping rows at or past T),
+// 16 bytes per lane per step: the staging that turns fragment-scattered results into whole-row stores.
+template <int D>
+__device__ __forceinline__ void store_warp_rows(bf16* dst_base, std::int64_t row_stride, const bf16* tile, int row0,
+                                                int T, int lane) {
+  constexpr int kChunksPerRow = D / 8;
+  constexpr int kChunks = kRowsPerWarp * kChunksPerRow;
+#pragma unroll
+  for (int i = 0; i < kChunks / 32; ++i) {
+    const int chunk = lane + i * 32;
+    const int r = chunk / kChunksPerRow;
+    const int col = (chunk % kChunksPerRow) * 8;
+    if (row0 + r < T) {
+      *reinterpret_cast<uint4*>(dst_base + static_cast<std::int64_t>(row0 + r) * row_stride + col) =
+          *reinterpret_cast<const uint4*>(tile + r * (D + kPad) + col);
+    }
+  }
+}
+
+// Writes a warp's 16 × D fp32 accumulator, times `factor`, as bf16 into its own 16 rows of a shared
+// tile (rows row0.., D + kPad wide).
+template <int D>
+__device__ __forceinline__ void stage_accumulator(bf16* tile, int row0, const float (&acc)[D / 8][4], float factor,
+                                                  int lane) {
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int db = 0; db < D / 8; ++db) {
+    const int col = db * 8 + 2 * t;
+    *reinterpret_cast<std::uint32_t*>(tile + (row0 + g) * (D + kPad) + col) =
+        pack_bf16x2(acc[db][0] * factor, acc[db][1] * factor);
+    *reinterpret_cast<std::uint32_t*>(tile + (row0 + g + 8) * (D + kPad) + col) =
+        pack_bf16x2(acc[db][2] * factor, acc[db][3] * factor);
+  }
+}
+
+// ---- forward -----------------------------------------------------------------------------------
+
+// grid (B·H, ceil(T / 64)); block 128 = 4 warps × 16 query rows. Query tiles run in reverse
+// blockIdx.y order so the longest (last) tiles are scheduled first.
+// Shared: sQ (64, D+8) | sK 2 × (kBlockN, D+8) | sV 2 × (kBlockN, D+8), bf16.
+template <int D, int kBlockN>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    attention_forward_mma_kernel(bf16* __restrict__ out,          // (B, T, H, D)
+                                 float* __restrict__ lse,         // (B, H, T)
+                                 const bf16* __restrict__ qkv,    // (B, T, 3, H, D)
+                                 int T, int H, float scale) {
+  constexpr int kStride = D + kPad;
+  constexpr int kNB = kBlockN / 8;   // n-blocks of S per warp: S is 16 × kBlockN
+  constexpr int kDB = D / 8;         // n-blocks of O per warp: O is 16 × D
+  constexpr int kDK = D / 16;        // k-steps of Q Kᵀ
+  static_assert(kBlockN % 16 == 0 && D % 16 == 0);
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* sQ = reinterpret_cast<bf16*>(smem);
+  bf16* sK = sQ + kBlockQ * kStride;
+  bf16* sV = sK + 2 * kBlockN * kStride;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int bh = blockIdx.x, b = bh / H, h = bh % H;
+  const int q0 = (gridDim.y - 1 - blockIdx.y) * kBlockQ;   // first query of the block
+  const int qw0 = q0 + warp * kRowsPerWarp;                 // first query of this warp
+  const int C = H * D;
+  const std::int64_t row_stride = 3 * static_cast<std::int64_t>(C);
+  const bf16* q_base = qkv + static_cast<std::int64_t>(b) * T * row_stride + h * D;
+  const bf16* k_base = q_base + C;
+  const bf16* v_base = q_base + 2 * C;
+
+  // Key tiles 0..n_tiles-1: up to the one holding the block's last query (or the last key).
+  const int n_tiles = min(q0 + kBlockQ - 1, T - 1) / kBlockN + 1;
+
+  load_rows_async<kBlockQ, D>(sQ, q_base, row_stride, q0, T, tid);
+  load_rows_async<kBlockN, D>(sK, k_base, row_stride, 0, T, tid);
+  load_rows_async<kBlockN, D>(sV, v_base, row_stride, 0, T, tid);
+  cp_async_commit();
+  cp_async_wait_all();
+  __syncthreads();
+
+  // This warp's 16 query rows as A fragments, one per k-step of 16 along D.
+  std::uint32_t q_frag[kDK][4];
+#pragma unroll
+  for (int kk = 0; kk < kDK; ++kk) load_a_frag<kStride>(q_frag[kk], smem_addr(sQ), warp * kRowsPerWarp, kk * 16, lane);
+
+  // Each thread holds two rows: r = 0 is row g of the warp, r = 1 is row g + 8.
+  float o[kDB][4] = {};                       // O accumulator, unnormalised
+  float row_max[2] = {-kInf, -kInf};          // running max of raw Q·K (unscaled), full row
+  float row_sum[2] = {0.f, 0.f};              // running sum of P, this thread's columns only
+  const float scale_log2 = scale * kLog2e;    // exp(scale·x) = exp2(scale_log2·x)
+
+  for (int n = 0; n < n_tiles; ++n) {
+    // Prefetch tile n+1 into the other buffer; every warp finished with it before the barrier
+    // that ended iteration n-1.
+    if (n + 1 < n_tiles) {
+      const int next = (n + 1) % 2;
+      load_rows_async<kBlockN, D>(sK + next * kBlockN * kStride, k_base, row_stride, (n + 1) * kBlockN, T, tid);
+      load_rows_async<kBlockN, D>(sV + next * kBlockN * kStride, v_base, row_stride, (n + 1) * kBlockN, T, tid);
+      cp_async_commit();
+    }
+    const std::uint32_t k_tile = smem_addr(sK + (n % 2) * kBlockN * kStride);
+    const std::uint32_t v_tile = smem_addr(sV + (n % 2) * kBlockN * kStride);
+    const int n0 = n * kBlockN;
+
+    // S = Q Kᵀ, 16 × kBlockN: s[j][e] is row g + 8·(e/2), key n0 + 8j + 2t + e%2.
+    float s[kNB][4] = {};
+    mma_a_regs_times_tile_t<kStride, kNB, kDK>(s, q_frag, k_tile, lane);
+
+    // Causal mask, only on tiles whose last key is past this warp's first query. Keys at or past T
+    // lie after every real query, so this also hides the zero-filled tail of the last tile.
+    if (n0 + kBlockN - 1 > qw0) {
+#pragma unroll
+      for (int j = 0; j < kNB; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = n0 + j * 8 + 2 * t + (e % 2);
+          const int query = qw0 + g + 8 * (e / 2);
+          if (key > query) s[j][e] = -kInf;
+        }
+      }
+    }
+
+    // Online softmax. New row max over the 4 lanes of a quad (they share rows g and g+8).
+    float new_max[2] = {row_max[0], row_max[1]};
+#pragma unroll
+    for (int j = 0; j < kNB; ++j) {
+      new_max[0] = fmaxf(new_max[0], fmaxf(s[j][0], s[j][1]));
+      new_max[1] = fmaxf(new_max[1], fmaxf(s[j][2], s[j][3]));
+    }
+    float max_scaled[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      new_max[r] = fmaxf(new_max[r], __shfl_xor_sync(0xffffffffu, new_max[r], 1));
+      new_max[r] = fmaxf(new_max[r], __shfl_xor_sync(0xffffffffu, new_max[r], 2));
+      // A row with no visible key so far keeps max -inf; subtract 0 then so exp2 gives 0, not NaN.
+      // (Cannot happen for causal rows, which always see key 0 in tile 0; kept as a guard.)
+      max_scaled[r] = new_max[r] == -kInf ? 0.f : new_max[r] * scale_log2;
+      const float alpha = exp2f(row_max[r] * scale_log2 - max_scaled[r]);   // rescales the old terms
+      row_max[r] = new_max[r];
+      row_sum[r] *= alpha;
+#pragma unroll
+      for (int db = 0; db < kDB; ++db) {
+        o[db][2 * r] *= alpha;
+        o[db][2 * r + 1] *= alpha;
+      }
+    }
+    // P = exp(scale·(S − max)), in place; the sum uses fp32 P, the mma below its bf16 rounding.
+#pragma unroll
+    for (int j = 0; j < kNB; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[j][e] = exp2f(fmaf(s[j][e], scale_log2, -max_scaled[e / 2]));
+        row_sum[e / 2] += s[j][e];
+      }
+    }
+
+    // O += P V: P (16 × kBlockN) as A fragments, V (kBlockN × D) as B.
+    mma_c_regs_times_tile<kStride, kDB, kNB>(o, s, v_tile, lane);
+
+    // Tile n+1 has landed and every warp is done with buffer n % 2.
+    cp_async_wait_all();
+    __syncthreads();
+  }
+
+  // Full row sums (quad reduction), then out = O / l and lse = scale·max + log l.
+  float inv_sum[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = row_sum[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    inv_sum[r] = l > 0.f ? 1.f / l : 0.f;
+    const int query = qw0 + g + 8 * r;
+    if (t == 0 && query < T) lse[static_cast<std::int64_t>(bh) * T + query] = row_max[r] * scale + logf(l);
+  }
+#pragma unroll
+  for (int db = 0; db < kDB; ++db) {
+    o[db][0] *= inv_sum[0];
+    o[db][1] *= inv_sum[0];
+    o[db][2] *= inv_sum[1];
+    o[db][3] *= inv_sum[1];
+  }
+  // Stage through this warp's own rows of sQ (only this warp ever read them), then whole-row stores.
+  stage_accumulator<D>(sQ, warp * kRowsPerWarp, o, 1.f, lane);
+  __syncwarp();
+  const std::int64_t out_stride = static_cast<std::int64_t>(C);   // (B, T, H, D): rows of H·D
+  store_warp_rows<D>(out + static_cast<std::int64_t>(b) * T * out_stride + h * D, out_stride,
+                     sQ + warp * kRowsPerWarp * kStride, qw0, T, lane);
+}
+
+// ---- backward ----------------------------------------------------------------------------------
+
+// delta[b, h, i] = Σ_d dout[b, i, h, d] · out[b, i, h, d] in fp32, D/8 lanes per (token, head) row,
+// 8 elements per lane, summed in a fixed order (lane-local, then a butterfly).
+template <int D>
+__global__ void __launch_bounds__(256)
+    attention_backward_delta_kernel(float* __restrict__ delta,       // (B, H, T)
+                                    const bf16* __restrict__ dout,   // (B, T, H, D)
+                                    const bf16* __restrict__ out,    // (B, T, H, D)
+                                    std::int64_t rows, int T, int H) {
+  constexpr int kLanesPerRow = D / 8;
+  static_assert(32 % kLanesPerRow == 0);
+  const std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const std::int64_t row = idx / kLanesPerRow;   // token n = b·T + i, head h: row = n·H + h
+  const int part = static_cast<int>(idx % kLanesPerRow);
+  float acc = 0.f;
+  if (row < rows) {
+    const uint4 dv = *reinterpret_cast<const uint4*>(dout + row * D + part * 8);
+    const uint4 ov = *reinterpret_cast<const uint4*>(out + row * D + part * 8);
+    const __nv_bfloat162* d2 = reinterpret_cast<const __nv_bfloat162*>(&dv);
+    const __nv_bfloat162* o2 = reinterpret_cast<const __nv_bfloat162*>(&ov);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 df = __bfloat1622float2(d2[i]);
+      const float2 of = __bfloat1622float2(o2[i]);
+      acc = fmaf(df.x, of.x, acc);
+      acc = fmaf(df.y, of.y, acc);
+    }
+  }
+#pragma unroll
+  for (int offset = kLanesPerRow / 2; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+  if (row < rows && part == 0) {
+    const std::int64_t n = row / H;
+    const int h = static_cast<int>(row % H);
+    const std::int64_t b = n / T, i = n % T;
+    delta[(b * H + h) * T + i] = acc;
+  }
+}
+
+// dQ = scale · dS K, dS = P ⊙ (dO Vᵀ − delta), P = exp(scale·Q Kᵀ − lse), for 64 queries.
+// grid (B·H, ceil(T / 64)), reversed like the forward; block 128 = 4 warps × 16 query rows.
+// Shared: sQ (64, D+8) | sdO (64, D+8) | sK 2 × (kBlockN, D+8) | sV 2 × (kBlockN, D+8), bf16.
+template <int D, int kBlockN>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    attention_backward_dq_mma_kernel(bf16* __restrict__ dqkv,          // (B, T, 3, H, D), q part written
+                                     const bf16* __restrict__ dout,    // (B, T, H, D)
+                                     const bf16* __restrict__ qkv,     // (B, T, 3, H, D)
+                                     const float* __restrict__ lse,    // (B, H, T)
+                                     const float* __restrict__ delta,  // (B, H, T)
+                                     int T, int H, float scale) {
+  constexpr int kStride = D + kPad;
+  constexpr int kNB = kBlockN / 8;   // S, dP are 16 × kBlockN per warp
+  constexpr int kDB = D / 8;         // dQ is 16 × D per warp
+  constexpr int kDK = D / 16;
+  static_assert(kBlockN % 16 == 0 && D % 16 == 0);
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* sQ = reinterpret_cast<bf16*>(smem);
+  bf16* sdO = sQ + kBlockQ * kStride;
+  bf16* sK = sdO + kBlockQ * kStride;
+  bf16* sV = sK + 2 * kBlockN * kStride;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int bh = blockIdx.x, b = bh / H, h = bh % H;
+  const int q0 = (gridDim.y - 1 - blockIdx.y) * kBlockQ;
+  const int qw0 = q0 + warp * kRowsPerWarp;
+  const int C = H * D;
+  const std::int64_t row_stride = 3 * static_cast<std::int64_t>(C);
+  const std::int64_t seq_offset = static_cast<std::int64_t>(b) * T * row_stride + h * D;
+  const bf16* q_base = qkv + seq_offset;
+  const bf16* k_base = q_base + C;
+  const bf16* v_base = q_base + 2 * C;
+  const bf16* do_base = dout + static_cast<std::int64_t>(b) * T * C + h * D;
+  const int n_tiles = min(q0 + kBlockQ - 1, T - 1) / kBlockN + 1;
+
+  load_rows_async<kBlockQ, D>(sQ, q_base, row_stride, q0, T, tid);
+  load_rows_async<kBlockQ, D>(sdO, do_base, C, q0, T, tid);
+  load_rows_async<kBlockN, D>(sK, k_base, row_stride, 0, T, tid);
+  load_rows_async<kBlockN, D>(sV, v_base, row_stride, 0, T, tid);
+  cp_async_commit();
+
+  // Per-row statistics of rows g and g+8, in log2 units for exp2. Rows past T: 0 (their Q and dO
+  // are zero, so P = 1 and dS = 0 there; those rows are never written).
+  float lse_log2[2], row_delta[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int query = qw0 + g + 8 * r;
+    const std::int64_t i = static_cast<std::int64_t>(bh) * T + query;
+    lse_log2[r] = query < T ? lse[i] * kLog2e : 0.f;
+    row_delta[r] = query < T ? delta[i] : 0.f;
+  }
+
+  cp_async_wait_all();
+  __syncthreads();
+
+  std::uint32_t q_frag[kDK][4], do_frag[kDK][4];
+#pragma unroll
+  for (int kk = 0; kk < kDK; ++kk) {
+    load_a_frag<kStride>(q_frag[kk], smem_addr(sQ), warp * kRowsPerWarp, kk * 16, lane);
+    load_a_frag<kStride>(do_frag[kk], smem_addr(sdO), warp * kRowsPerWarp, kk * 16, lane);
+  }
+
+  float dq[kDB][4] = {};
+  const float scale_log2 = scale * kLog2e;
+
+  for (int n = 0; n < n_tiles; ++n) {
+    if (n + 1 < n_tiles) {
+      const int next = (n + 1) % 2;
+      load_rows_async<kBlockN, D>(sK + next * kBlockN * kStride, k_base, row_stride, (n + 1) * kBlockN, T, tid);
+      load_rows_async<kBlockN, D>(sV + next * kBlockN * kStride, v_base, row_stride, (n + 1) * kBlockN, T, tid);
+      cp_async_commit();
+    }
+    const std::uint32_t k_tile = smem_addr(sK + (n % 2) * kBlockN * kStride);
+    const std::uint32_t v_tile = smem_addr(sV + (n % 2) * kBlockN * kStride);
+    const int n0 = n * kBlockN;
+
+    // P = exp(scale·Q Kᵀ − lse): p[j][e] is row g + 8·(e/2), key n0 + 8j + 2t + e%2.
+    float p[kNB][4] = {};
+    mma_a_regs_times_tile_t<kStride, kNB, kDK>(p, q_frag, k_tile, lane);
+    const bool masked_tile = n0 + kBlockN - 1 > qw0;
+#pragma unroll
+    for (int j = 0; j < kNB; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        p[j][e] = exp2f(fmaf(p[j][e], scale_log2, -lse_log2[e / 2]));
+        if (masked_tile && n0 + j * 8 + 2 * t + (e % 2) > qw0 + g + 8 * (e / 2)) p[j][e] = 0.f;
+      }
+    }
+
+    // dP = dO Vᵀ (16 × kBlockN), then dS = P ⊙ (dP − delta) in place.
+    float ds[kNB][4] = {};
+    mma_a_regs_times_tile_t<kStride, kNB, kDK>(ds, do_frag, v_tile, lane);
+#pragma unroll
+    for (int j = 0; j < kNB; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ds[j][e] = p[j][e] * (ds[j][e] - row_delta[e / 2]);
+    }
+
+    // dQ += dS K (scale applied once at the end).
+    mma_c_regs_times_tile<kStride, kDB, kNB>(dq, ds, k_tile, lane);
+
+    cp_async_wait_all();
+    __syncthreads();
+  }
+
+  stage_accumulator<D>(sQ, warp * kRowsPerWarp, dq, scale, lane);
+  __syncwarp();
+  store_warp_rows<D>(dqkv + seq_offset, row_stride, sQ + warp * kRowsPerWarp * kStride, qw0, T, lane);
+}
+
+// dK = scale · dSᵀ Q and dV = Pᵀ dO for 64 keys (16 per warp), looping over the query tiles at or
+// after them; the products are computed transposed (keys as rows) so the key rows stay the m
+// dimension: Sᵀ = K Qᵀ, Pᵀ = exp(scale·Sᵀ − lse(column)), dPᵀ = V dOᵀ, dSᵀ = Pᵀ ⊙ (dPᵀ − delta(column)).
+// grid (B·H, ceil(T / 64)); key tile blockIdx.y, so the longest (first) tiles start first.
+// Shared: sK (64, D+8) | sV (64, D+8) | sQ 2 × (kBlockM, D+8) | sdO 2 × (kBlockM, D+8) bf16 |
+//         s_lse 2 × kBlockM | s_delta 2 × kBlockM fp32.
+// kKVInRegs: keep this warp's K and V rows as A fragments in registers (D <= 64); for D = 128 they
+// are re-read from shared memory each query tile to leave registers for the dK and dV accumulators.
+template <int D, int kBlockM, bool kKVInRegs>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    attention_backward_dkdv_mma_kernel(bf16* __restrict__ dqkv,          // (B, T, 3, H, D), k and v parts
+                                       const bf16* __restrict__ dout,    // (B, T, H, D)
+                                       const bf16* __restrict__ qkv,     // (B, T, 3, H, D)
+                                       const float* __restrict__ lse,    // (B, H, T)
+                                       const float* __restrict__ delta,  // (B, H, T)
+                                       int T, int H, float scale) {
+  constexpr int kStride = D + kPad;
+  constexpr int kBlockK = kBlockQ;   // 64 keys per block
+  constexpr int kNB = kBlockM / 8;   // Sᵀ, dPᵀ are 16 × kBlockM per warp
+  constexpr int kDB = D / 8;         // dK, dV are 16 × D per warp
+  constexpr int kDK = D / 16;
+  static_assert(kBlockM % 16 == 0 && D % 16 == 0);
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* sK = reinterpret_cast<bf16*>(smem);
+  bf16* sV = sK + kBlockK * kStride;
+  bf16* sQ = sV + kBlockK * kStride;
+  bf16* sdO = sQ + 2 * kBlockM * kStride;
+  float* s_lse = reinterpret_cast<float*>(sdO + 2 * kBlockM * kStride);
+  float* s_delta = s_lse + 2 * kBlockM;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int bh = blockIdx.x, b = bh / H, h = bh % H;
+  const int k0 = blockIdx.y * kBlockK;   // first key of the block
+  const int kw0 = k0 + warp * kRowsPerWarp;   // first key of this warp
+  const int C = H * D;
+  const std::int64_t row_stride = 3 * static_cast<std::int64_t>(C);
+  const std::int64_t seq_offset = static_cast<std::int64_t>(b) * T * row_stride + h * D;
+  const bf16* q_base = qkv + seq_offset;
+  const bf16* k_base = q_base + C;
+  const bf16* v_base = q_base + 2 * C;
+  const bf16* do_base = dout + static_cast<std::int64_t>(b) * T * C + h * D;
+  const float* lse_row = lse + static_cast<std::int64_t>(bh) * T;
+  const float* delta_row = delta + static_cast<std::int64_t>(bh) * T;
+
+  // Query tiles from the one holding key k0 to the last.
+  const int m_first = k0 / kBlockM;
+  const int m_end = (T + kBlockM - 1) / kBlockM;
+
+  auto load_query_tile = [&](int m, int buf) {
+    const int m0 = m * kBlockM;
+    load_rows_async<kBlockM, D>(sQ + buf * kBlockM * kStride, q_base, row_stride, m0, T, tid);
+    load_rows_async<kBlockM, D>(sdO + buf * kBlockM * kStride, do_base, C, m0, T, tid);
+    load_vector_async<kBlockM>(s_lse + buf * kBlockM, lse_row, m0, T, tid);
+    load_vector_async<kBlockM>(s_delta + buf * kBlockM, delta_row, m0, T, tid);
+  };
+
+  load_rows_async<kBlockK, D>(sK, k_base, row_stride, k0, T, tid);
+  load_rows_async<kBlockK, D>(sV, v_base, row_stride, k0, T, tid);
+  load_query_tile(m_first, 0);
+  cp_async_commit();
+  cp_async_wait_all();
+  __syncthreads();
+
+  // This warp's 16 key rows as A fragments (registers, or re-read from shared memory per tile).
+  std::uint32_t k_frag[kKVInRegs ? kDK : 1][4], v_frag[kKVInRegs ? kDK : 1][4];
+  if constexpr (kKVInRegs) {
+#pragma unroll
+    for (int kk = 0; kk < kDK; ++kk) {
+      load_a_frag<kStride>(k_frag[kk], smem_addr(sK), warp * kRowsPerWarp, kk * 16, lane);
+      load_a_frag<kStride>(v_frag[kk], smem_addr(sV), warp * kRowsPerWarp, kk * 16, lane);
+    }
+  }
+
+  float dk[kDB][4] = {}, dv[kDB][4] = {};
+  const float scale_log2 = scale * kLog2e;
+
+  for (int m = m_first; m < m_end; ++m) {
+    const int buf = (m - m_first) % 2;
+    if (m + 1 < m_end) {
+      load_query_tile(m + 1, 1 - buf);
+      cp_async_commit();
+    }
+    const std::uint32_t q_tile = smem_addr(sQ + buf * kBlockM * kStride);
+    const std::uint32_t do_tile = smem_addr(sdO + buf * kBlockM * kStride);
+    const float* lse_tile = s_lse + buf * kBlockM;
+    const float* delta_tile = s_delta + buf * kBlockM;
+    const int m0 = m * kBlockM;
+
+    // Sᵀ = K Qᵀ (16 keys × kBlockM queries): p[j][e] is key g + 8·(e/2), query m0 + 8j + 2t + e%2.
+    float p[kNB][4] = {};
+    if constexpr (kKVInRegs) {
+      mma_a_regs_times_tile_t<kStride, kNB, kDK>(p, k_frag, q_tile, lane);
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < kDK; ++kk) {
+        std::uint32_t a[1][4];
+        load_a_frag<kStride>(a[0], smem_addr(sK), warp * kRowsPerWarp, kk * 16, lane);
+        // one k-step: a is the kk-th 16 columns of K, matched with columns kk·16.. of Q
+#pragma unroll
+        for (int nb = 0; nb < kNB; nb += 2) {
+          std::uint32_t bq[4];
+          load_b_frag_rows_are_n<kStride>(bq, q_tile, nb * 8, kk * 16, lane);
+          mma_bf16_16816(p[nb], a[0], bq[0], bq[1]);
+          mma_bf16_16816(p[nb + 1], a[0], bq[2], bq[3]);
+        }
+      }
+    }
+
+    // Pᵀ = exp(scale·Sᵀ − lse). Mask where query < key (only tiles reaching below this warp's
+    // last key) and queries at or past T (ragged last tile; their lse was zero-filled).
+    const bool masked_tile = m0 < kw0 + kRowsPerWarp - 1 || m0 + kBlockM > T;
+#pragma unroll
+    for (int j = 0; j < kNB; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = j * 8 + 2 * t + (e % 2);
+        const int query = m0 + col;
+        const int key = kw0 + g + 8 * (e / 2);
+        p[j][e] = exp2f(fmaf(p[j][e], scale_log2, -lse_tile[col] * kLog2e));
+        if (masked_tile && (query < key || query >= T)) p[j][e] = 0.f;
+      }
+    }
+
+    // dV += Pᵀ dO.
+    mma_c_regs_times_tile<kStride, kDB, kNB>(dv, p, do_tile, lane);
+
+    // dPᵀ = V dOᵀ, then dSᵀ = Pᵀ ⊙ (dPᵀ − delta) in place.
+    float ds[kNB][4] = {};
+    if constexpr (kKVInRegs) {
+      mma_a_regs_times_tile_t<kStride, kNB, kDK>(ds, v_frag, do_tile, lane);
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < kDK; ++kk) {
+        std::uint32_t a[1][4];
+        load_a_frag<kStride>(a[0], smem_addr(sV), warp * kRowsPerWarp, kk * 16, lane);
+#pragma unroll
+        for (int nb = 0; nb < kNB; nb += 2) {
+          std::uint32_t bo[4];
+          load_b_frag_rows_are_n<kStride>(bo, do_tile, nb * 8, kk * 16, lane);
+          mma_bf16_16816(ds[nb], a[0], bo[0], bo[1]);
+          mma_bf16_16816(ds[nb + 1], a[0], bo[2], bo[3]);
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kNB; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ds[j][e] = p[j][e] * (ds[j][e] - delta_tile[j * 8 + 2 * t + (e % 2)]);
+    }
+
+    // dK += dSᵀ Q (scale applied once at the end).
+    mma_c_regs_times_tile<kStride, kDB, kNB>(dk, ds, q_tile, lane);
+
+    cp_async_wait_all();
+    __syncthreads();
+  }
+
+  // Stage through this warp's own rows of sK and sV (read by this warp only), then store.
+  stage_accumulator<D>(sK, warp * kRowsPerWarp, dk, scale, lane);
+  stage_accumulator<D>(sV, warp * kRowsPerWarp, dv, 1.f, lane);
+  __syncwarp();
+  store_warp_rows<D>(dqkv + seq_offset + C, row_stride, sK + warp * kRowsPerWarp * kStride, kw0, T, lane);
+  store_warp_rows<D>(dqkv + seq_offset + 2 * C, row_stride, sV + warp * kRowsPerWarp * kStride, kw0, T, lane);
+}
+
+// ---- host side ---------------------------------------------------------------------------------
+
+struct LaunchDims {
+  int T = 0, H = 0, BH = 0, tiles = 0;   // tiles of 64 rows along T
+};
+
+// Shape checks shared by forward and backward; the sizes as the kernels' ints.
+LaunchDims check_shape(const GpuAttentionShape& s, const char* op) {
+  SLM_CHECK(attention_mma_supported(s.D), op, ": D = ", s.D, " has no mma kernel");
+  SLM_CHECK(s.B > 0 && s.T > 0 && s.H > 0, op, ": empty shape");
+  const std::int64_t tiles = (s.T + kBlockQ - 1) / kBlockQ;
+  constexpr std::int64_t kIntMax = std::numeric_limits<int>::max();
+  // Positions within a sequence and column offsets (up to 3·H·D) are ints in the kernels; token
+  // offsets are 64-bit. gridDim.y (query or key tiles) is limited to 65535.
+  if (s.B * s.H > kIntMax || s.T > kIntMax || 3 * s.H * s.D > kIntMax || tiles > 65535) {
+    fail(op, ": shape B=", s.B, " T=", s.T, " H=", s.H, " D=", s.D, " is too large for the mma kernels' grid");
+  }
+  return {static_cast<int>(s.T), static_cast<int>(s.H), static_cast<int>(s.B * s.H), static_cast<int>(tiles)};
+}
+
+void check_aligned(const void* p, const char* what) {
+  SLM_CHECK(reinterpret_cast<std::uintptr_t>(p) % 16 == 0, what, " must be 16-byte aligned for cp.async");
+}
+
+// Opt in to more than 48 KiB of dynamic shared memory. Set on every launch (a cheap driver call)
+// rather than once, so it holds on whichever device is current.
+template <typename Kernel>
+void set_smem(Kernel kernel, std::size_t bytes) {
+  SLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+template <int D>
+void launch_forward(bf16* out, float* lse, const bf16* qkv, const LaunchDims& n, cudaStream_t stream) {
+  constexpr int kBlockN = MmaTiles<D>::forward_keys;
+  constexpr std::size_t smem = static_cast<std::size_t>(kBlockQ + 4 * kBlockN) * (D + kPad) * sizeof(bf16);
+  auto kernel = attention_forward_mma_kernel<D, kBlockN>;
+  set_smem(kernel, smem);
+  kernel<<<dim3(n.BH, n.tiles), kThreads, smem, stream>>>(out, lse, qkv, n.T, n.H, 1.f / std::sqrt(float(D)));
+  SLM_CUDA_LAUNCH_CHECK();
+}
+
+template <int D>
+void launch_backward(bf16* dqkv, float* delta, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse,
+                     const LaunchDims& n, std::int64_t B, cudaStream_t stream) {
+  const float scale = 1.f / std::sqrt(float(D));
+
+  // delta first: both gradient kernels read it.
+  const std::int64_t rows = B * n.T * n.H;
+  const std::int64_t delta_threads = rows * (D / 8);
+  const std::int64_t delta_blocks = (delta_threads + 255) / 256;
+  if (delta_blocks > std::numeric_limits<int>::max()) fail("attention_backward_mma: too many rows for delta");
+  attention_backward_delta_kernel<D><<<static_cast<unsigned>(delta_blocks), 256, 0, stream>>>(delta, dout, out, rows,
+                                                                                              n.T, n.H);
+  SLM_CUDA_LAUNCH_CHECK();
+
+  {
+    constexpr int kBlockN = MmaTiles<D>::dq_keys;
+    constexpr std::size_t smem = static_cast<std::size_t>(2 * kBlockQ + 4 * kBlockN) * (D + kPad) * sizeof(bf16);
+    auto kernel = attention_backward_dq_mma_kernel<D, kBlockN>;
+    set_smem(kernel, smem);
+    kernel<<<dim3(n.BH, n.tiles), kThreads, smem, stream>>>(dqkv, dout, qkv, lse, delta, n.T, n.H, scale);
+    SLM_CUDA_LAUNCH_CHECK();
+  }
+  {
+    constexpr int kBlockM = MmaTiles<D>::dkdv_queries;
+    constexpr std::size_t smem = static_cast<std::size_t>(2 * kBlockQ + 4 * kBlockM) * (D + kPad) * sizeof(bf16) +
+                                 4 * kBlockM * sizeof(float);
+    auto kernel = attention_backward_dkdv_mma_kernel<D, kBlockM, (D <= 64)>;
+    set_smem(kernel, smem);
+    kernel<<<dim3(n.BH, n.tiles), kThreads, smem, stream>>>(dqkv, dout, qkv, lse, delta, n.T, n.H, scale);
+    SLM_CUDA_LAUNCH_CHECK();
+  }
+}
+
+}  // namespace
+
+bool attention_mma_supported(std::int64_t D) { return D == 32 || D == 64 || D == 128; }
+
+void attention_forward_mma(Bf16* out, float* lse, const Bf16* qkv, const GpuAttentionShape& s, CUstream_st* stream) {
+  const LaunchDims n = check_shape(s, "attention_forward_mma");
+  check_aligned(out, "out");
+  check_aligned(qkv, "qkv");
+  bf16* o = reinterpret_cast<bf16*>(out);
+  const bf16* x = reinterpret_cast<const bf16*>(qkv);
+  switch (s.D) {
+    case 32: launch_forward<32>(o, lse, x, n, stream); break;
+    case 64: launch_forward<64>(o, lse, x, n, stream); break;
+    case 128: launch_forward<128>(o, lse, x, n, stream); break;
+  }
+}
+
+void attention_backward_mma(Bf16* dqkv, float* delta, const Bf16* dout, const Bf16* qkv, const Bf16* out,
+                            const float* lse, const GpuAttentionShape& s, CUstream_st* stream) {
+  const LaunchDims n = check_shape(s, "attention_backward_mma");
+  check_aligned(dqkv, "dqkv");
+  check_aligned(dout, "dout");
+  check_aligned(qkv, "qkv");
+  check_aligned(out, "out");
+  bf16* dx = reinterpret_cast<bf16*>(dqkv);
+  const bf16* dy = reinterpret_cast<const bf16*>(dout);
+  const bf16* x = reinterpret_cast<const bf16*>(qkv);
+  const bf16* y = reinterpret_cast<const bf16*>(out);
+  switch (s.D) {
+    case 32: launch_backward<32>(dx, delta, dy, x, y, lse, n, s.B, stream); break;
+    case 64: launch_backward<64>(dx, delta, dy, x, y, lse, n, s.B, stream); break;
+    case 128: launch_backward<128>(dx, delta, dy, x, y, lse, n, s.B, stream); break;
+  }
+}
+
+}  // namespace scratchlm

@@ -1,0 +1,342 @@
+// The GPU versions of the element-wise and row-wise ops (see ops_cuda.h). Row-wise ops give each
+// row to one warp (rows are a few hundred to a few thousand floats: one warp streams a row with
+// coalesced accesses and reduces it with shuffles); element-wise ops use one thread per element.
+// All reductions run in a fixed order, without atomics.
+#include <cmath>
+#include <vector>
+
+#include "ops/cuda/ops_cuda.h"
+#include "tensor/cuda/cuda_check.cuh"
+
+namespace scratchlm {
+namespace {
+
+constexpr int kWarpsPerBlock = 8;
+
+unsigned blocks_for(std::int64_t n, int per_block) { return static_cast<unsigned>((n + per_block - 1) / per_block); }
+
+// ---- embedding ---------------------------------------------------------------------------------
+
+__global__ void embedding_forward_row_per_block(float* x, const std::int32_t* ids, const float* table,
+                                                std::int64_t C) {
+  const std::int64_t n = blockIdx.x;
+  const float* src = table + static_cast<std::int64_t>(ids[n]) * C;
+  for (std::int64_t c = threadIdx.x; c < C; c += blockDim.x) x[n * C + c] = src[c];
+}
+
+// One block per distinct token: its rows of dx summed in position order, added to its table row.
+__global__ void embedding_backward_block_per_token(float* dtable, const float* dx, const std::int32_t* uniq,
+                                                   const std::int32_t* offsets, const std::int32_t* positions,
+                                                   const std::int32_t* num_unique, std::int64_t C) {
+  const int u = blockIdx.x;
+  if (u >= *num_unique) return;
+  const int begin = offsets[u], end = offsets[u + 1];
+  float* row = dtable + static_cast<std::int64_t>(uniq[u]) * C;
+  for (std::int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    float s = 0.0f;
+    for (int i = begin; i < end; ++i) s += dx[static_cast<std::int64_t>(positions[i]) * C + c];
+    row[c] += s;
+  }
+}
+
+// ---- RMSNorm -----------------------------------------------------------------------------------
+
+template <typename T>
+__global__ void rmsnorm_forward_warp_per_row(T* out, float* rstd, const float* x, const float* gain,
+                                             std::int64_t N, std::int64_t C) {
+  const std::int64_t n = static_cast<std::int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.y;
+  if (n >= N) return;
+  const float* xr = x + n * C;
+  float ss = 0.0f;
+  for (std::int64_t c = threadIdx.x; c < C; c += 32) ss += xr[c] * xr[c];
+  ss = warp_sum(ss);
+  const float r = rsqrtf(ss / static_cast<float>(C) + 1e-5f);
+  if (threadIdx.x == 0) rstd[n] = r;
+  for (std::int64_t c = threadIdx.x; c < C; c += 32) store_f(out + n * C + c, xr[c] * r * gain[c]);
+}
+
+// dx += rstd · (g − x̂ · mean(g ⊙ x̂)),  g = dy ⊙ gain,  x̂ = x · rstd.
+template <typename T>
+__global__ void rmsnorm_backward_warp_per_row(float* dx, T* dx_copy, const float* dy, const float* x,
+                                              const float* gain, const float* rstd, std::int64_t N, std::int64_t C) {
+  const std::int64_t n = static_cast<std::int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.y;
+  if (n >= N) return;
+  const float* xr = x + n * C;
+  const float* dyr = dy + n * C;
+  const float r = rstd[n];
+  float dot = 0.0f;
+  for (std::int64_t c = threadIdx.x; c < C; c += 32) dot += dyr[c] * gain[c] * xr[c] * r;
+  const float mean = warp_sum(dot) / static_cast<float>(C);
+  for (std::int64_t c = threadIdx.x; c < C; c += 32) {
+    const float v = dx[n * C + c] + r * (dyr[c] * gain[c] - xr[c] * r * mean);
+    dx[n * C + c] = v;
+    if (dx_copy) store_f(dx_copy + n * C + c, v);
+  }
+}
+
+// partials[p][c] = Σ over rows n ≡ chunk p of dy·x·rstd; block (32 columns) × (8 row lanes).
+__global__ void rmsnorm_dgain_partials(float* partials, const float* dy, const float* x, const float* rstd,
+                                       std::int64_t N, std::int64_t C) {
+  __shared__ float tile[8][33];
+  const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * 32 + threadIdx.x;
+  const std::int64_t rows_per_chunk = (N + kRmsnormPartials - 1) / kRmsnormPartials;
+  const std::int64_t begin = blockIdx.y * rows_per_chunk, end = min(N, begin + rows_per_chunk);
+  float s = 0.0f;
+  if (c < C)
+    for (std::int64_t n = begin + threadIdx.y; n < end; n += 8) s += dy[n * C + c] * x[n * C + c] * rstd[n];
+  tile[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    float t = 0.0f;
+    for (int i = 0; i < 8; ++i) t += tile[i][threadIdx.x];
+    partials[blockIdx.y * C + c] = t;
+  }
+}
+
+__global__ void add_partials(float* dgain, const float* partials, std::int64_t C) {
+  const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float s = 0.0f;
+  for (int p = 0; p < kRmsnormPartials; ++p) s += partials[p * C + c];
+  dgain[c] += s;
+}
+
+// ---- RoPE --------------------------------------------------------------------------------------
+
+// One thread per (token, head, pair); rotates the pair in q and in k.
+template <typename T>
+__global__ void rope_qk_thread_per_pair(T* qkv, const float* cos, const float* sin, std::int64_t N, std::int64_t T_,
+                                        std::int64_t H, std::int64_t D, float sign) {
+  const std::int64_t half = D / 2;
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= N * H * half) return;
+  const std::int64_t k = i % half, h = (i / half) % H, n = i / (half * H);
+  const std::int64_t t = n % T_;
+  const float c = cos[t * half + k], s = sign * sin[t * half + k];
+  const std::int64_t C = H * D;
+  for (int part = 0; part < 2; ++part) {   // q, then k
+    T* p = qkv + n * 3 * C + part * C + h * D + 2 * k;
+    const float x0 = load_f(p), x1 = load_f(p + 1);
+    store_f(p, x0 * c - x1 * s);
+    store_f(p + 1, x0 * s + x1 * c);
+  }
+}
+
+// ---- SwiGLU ------------------------------------------------------------------------------------
+
+template <typename T>
+__global__ void swiglu_forward_elementwise(T* h, const T* a, const T* b, std::int64_t n) {
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const float x = load_f(a + i);
+  store_f(h + i, x / (1.0f + __expf(-x)) * load_f(b + i));
+}
+
+// h = silu(a)·b: da = dh·b·σ(a)·(1 + a·(1 − σ(a))), db = dh·silu(a).
+template <typename T>
+__global__ void swiglu_backward_elementwise(T* da, T* db, const T* dh, const T* a, const T* b, std::int64_t n) {
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const float x = load_f(a + i), y = load_f(b + i), g = load_f(dh + i);
+  const float sig = 1.0f / (1.0f + __expf(-x));
+  store_f(da + i, g * y * sig * (1.0f + x * (1.0f - sig)));
+  store_f(db + i, g * x * sig);
+}
+
+// ---- classifier --------------------------------------------------------------------------------
+
+constexpr int kClassifierThreads = 512;
+
+// One block per row: an online max / sum-of-exp pass, then (for training) the gradient written over
+// the logits. The row is read twice; at 100 KB (V = 50,304 in bf16) the second read hits L2.
+template <typename T>
+__global__ void classifier_block_per_row(T* logits, float* losses, const std::int32_t* targets, std::int64_t V,
+                                         float grad_scale) {
+  __shared__ float s_max[kClassifierThreads / 32], s_sum[kClassifierThreads / 32];
+  __shared__ float s_lse;
+  const std::int64_t n = blockIdx.x;
+  T* row = logits + n * V;
+  float m = -INFINITY, s = 0.0f;
+  for (std::int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const float z = load_f(row + j);
+    if (z > m) {
+      s = s * __expf(m - z) + 1.0f;
+      m = z;
+    } else {
+      s += __expf(z - m);
+    }
+  }
+  // Merge (m, s) across the warp, then across warps.
+  for (int o = 16; o > 0; o >>= 1) {
+    const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+    const float mm = fmaxf(m, m2);
+    s = (mm == -INFINITY) ? 0.0f : s * __expf(m - mm) + s2 * __expf(m2 - mm);
+    m = mm;
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) {
+    s_max[warp] = m;
+    s_sum[warp] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float mm = s_max[0];
+    for (int w = 1; w < kClassifierThreads / 32; ++w) mm = fmaxf(mm, s_max[w]);
+    float ss = 0.0f;
+    for (int w = 0; w < kClassifierThreads / 32; ++w) ss += s_sum[w] * __expf(s_max[w] - mm);
+    const float lse = mm + logf(ss);
+    s_lse = lse;
+    losses[n] = lse - load_f(row + targets[n]);
+  }
+  __syncthreads();
+  if (grad_scale == 0.0f) return;
+  const float lse = s_lse;
+  const std::int32_t target = targets[n];
+  for (std::int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const float p = __expf(load_f(row + j) - lse);
+    store_f(row + j, (p - (j == target ? 1.0f : 0.0f)) * grad_scale);
+  }
+}
+
+// ---- reductions and conversions ----------------------------------------------------------------
+
+__global__ void sum_into_one_block(double* out, const float* x, std::int64_t n, double scale) {
+  __shared__ double partial[32];
+  double s = 0.0;
+  for (std::int64_t i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
+  s = warp_sum(s);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0.0;
+    for (unsigned w = 0; w < blockDim.x / 32; ++w) t += partial[w];
+    *out += scale * t;
+  }
+}
+
+template <typename T>
+__global__ void convert_elementwise(T* dst, const float* src, std::int64_t n) {
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) store_f(dst + i, src[i]);
+}
+
+}  // namespace
+
+void embedding_forward_cuda(float* x, const std::int32_t* ids, const float* table, std::int64_t N, std::int64_t C,
+                            CUstream_st* stream) {
+  if (N == 0) return;
+  embedding_forward_row_per_block<<<static_cast<unsigned>(N), 128, 0, stream>>>(x, ids, table, C);
+  SLM_CUDA_LAUNCH_CHECK();
+}
+
+void group_tokens(std::int32_t* uniq, std::int32_t* offsets, std::int32_t* positions, std::int32_t* num_unique,
+                  const std::int32_t* ids, std::int64_t N, std::int32_t* counts, std::int64_t vocab_size) {
+  std::fill(counts, counts + vocab_size, 0);
+  for (std::int64_t i = 0; i < N; ++i) counts[ids[i]] += 1;
+  std::int32_t u = 0, offset = 0;
+  for (std::int64_t v = 0; v < vocab_size; ++v) {
+    if (counts[v] == 0) continue;
+    uniq[u] = static_cast<std::int32_t>(v);
+    offsets[u] = offset;
+    offset += counts[v];
+    counts[v] = offsets[u];   // now: the next free slot of token v
+    ++u;
+  }
+  offsets[u] = offset;
+  for (std::int64_t i = 0; i < N; ++i) positions[counts[ids[i]]++] = static_cast<std::int32_t>(i);
+  *num_unique = u;
+}
+
+void embedding_backward_cuda(float* dtable, const float* dx, const TokenGroups& g, std::int64_t max_unique,
+                             std::int64_t C, CUstream_st* stream) {
+  if (max_unique == 0) return;
+  embedding_backward_block_per_token<<<static_cast<unsigned>(max_unique), 128, 0, stream>>>(
+      dtable, dx, g.uniq, g.offsets, g.positions, g.num_unique, C);
+  SLM_CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
+void rmsnorm_forward_cuda(T* out, float* rstd, const float* x, const float* gain, std::int64_t N, std::int64_t C,
+                          CUstream_st* stream) {
+  if (N == 0) return;
+  rmsnorm_forward_warp_per_row<<<blocks_for(N, kWarpsPerBlock), dim3(32, kWarpsPerBlock), 0, stream>>>(
+      dev(out), rstd, x, gain, N, C);
+  SLM_CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
+void rmsnorm_backward_cuda(float* dx, T* dx_copy, float* dgain, float* partials, const float* dy, const float* x,
+                           const float* gain, const float* rstd, std::int64_t N, std::int64_t C, CUstream_st* stream) {
+  if (N == 0) return;
+  rmsnorm_dgain_partials<<<dim3(blocks_for(C, 32), kRmsnormPartials), dim3(32, 8), 0, stream>>>(partials, dy, x,
+                                                                                                  rstd, N, C);
+  SLM_CUDA_LAUNCH_CHECK();
+  add_partials<<<blocks_for(C, 256), 256, 0, stream>>>(dgain, partials, C);
+  SLM_CUDA_LAUNCH_CHECK();
+  rmsnorm_backward_warp_per_row<<<blocks_for(N, kWarpsPerBlock), dim3(32, kWarpsPerBlock), 0, stream>>>(
+      dx, dev(dx_copy), dy, x, gain, rstd, N, C);
+  SLM_CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
+void rope_qk_cuda(T* qkv, const float* cos, const float* sin, std::int64_t B, std::int64_t T_, std::int64_t H,
+                  std::int64_t D, RopeDirection dir, CUstream_st* stream) {
+  const std::int64_t pairs = B * T_ * H * (D / 2);
+  if (pairs == 0) return;
+  rope_qk_thread_per_pair<<<blocks_for(pairs, 256), 256, 0, stream>>>(dev(qkv), cos, sin, B * T_, T_, H, D,
+                                                                      dir == RopeDirection::forward ? 1.0f : -1.0f);
+  SLM_CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
+void swiglu_forward_cuda(T* h, const T* a, const T* b, std::int64_t n, CUstream_st* stream) {
+  if (n == 0) return;
+  swiglu_forward_elementwise<<<blocks_for(n, 256), 256, 0, stream>>>(dev(h), dev(a), dev(b), n);
+  SLM_CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
+void swiglu_backward_cuda(T* da, T* db, const T* dh, const T* a, const T* b, std::int64_t n, CUstream_st* stream) {
+  if (n == 0) return;
+  swiglu_backward_elementwise<<<blocks_for(n, 256), 256, 0, stream>>>(dev(da), dev(db), dev(dh), dev(a), dev(b), n);
+  SLM_CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
+void classifier_cuda(T* logits, float* losses, const std::int32_t* targets, std::int64_t N, std::int64_t V,
+                     float grad_scale, CUstream_st* stream) {
+  if (N == 0) return;
+  classifier_block_per_row<<<static_cast<unsigned>(N), kClassifierThreads, 0, stream>>>(dev(logits), losses, targets,
+                                                                                        V, grad_scale);
+  SLM_CUDA_LAUNCH_CHECK();
+}
+
+void sum_into_cuda(double* out, const float* x, std::int64_t n, double scale, CUstream_st* stream) {
+  sum_into_one_block<<<1, 1024, 0, stream>>>(out, x, n, scale);
+  SLM_CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
+void convert_cuda(T* dst, const float* src, std::int64_t n, CUstream_st* stream) {
+  if (n == 0) return;
+  convert_elementwise<<<blocks_for(n, 256), 256, 0, stream>>>(dev(dst), src, n);
+  SLM_CUDA_LAUNCH_CHECK();
+}
+
+#define SLM_INSTANTIATE(T)                                                                                       \
+  template void rmsnorm_forward_cuda<T>(T*, float*, const float*, const float*, std::int64_t, std::int64_t,        \
+                                        CUstream_st*);                                                          \
+  template void rmsnorm_backward_cuda<T>(float*, T*, float*, float*, const float*, const float*, const float*,    \
+                                         const float*, std::int64_t, std::int64_t, CUstream_st*);              \
+  template void rope_qk_cuda<T>(T*, const float*, const float*, std::int64_t, std::int64_t, std::int64_t,         \
+                                std::int64_t, RopeDirection, CUstream_st*);                                     \
+  template void swiglu_forward_cuda<T>(T*, const T*, const T*, std::int64_t, CUstream_st*);                      \
+  template void swiglu_backward_cuda<T>(T*, T*, const T*, const T*, const T*, std::int64_t, CUstream_st*);       \
+  template void classifier_cuda<T>(T*, float*, const std::int32_t*, std::int64_t, std::int64_t, float,           \
+                                   CUstream_st*);                                                                \
+  template void convert_cuda<T>(T*, const float*, std::int64_t, CUstream_st*);
+SLM_INSTANTIATE(float)
+SLM_INSTANTIATE(Bf16)
+#undef SLM_INSTANTIATE
+
+}  // namespace scratchlm
