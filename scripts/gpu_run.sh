@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Everything GPU in one call of the device tool (the GPU machine; build made here and staged by
 # scripts/stage_device.sh into .device/build.tar.xz, carried as .device):
-#   scripts/gpu_run.sh [tests,bench,parity]     (default: all three)
+#   scripts/gpu_run.sh [tests,bench,parity,profile]     (default: tests,bench,parity)
 #   tests   PyTorch's own bf16 errors (reference/torch_bf16_errors.py), then the whole ctest suite,
 #           GPU tests included;
 #   bench   bench/train_gpu/run.sh: scratchlm against torch_lm.py (eager, compile), same GPU;
+#   profile the time per part of one step of each benchmark model;
 #   parity  bench/train_gpu/parity.sh: CPU fp32 vs GPU bf16 validation losses on Gutenberg tokens.
 # Logs and the fixtures written go to $OUT (when set) for the caller to keep.
 set -uo pipefail
@@ -23,6 +24,11 @@ if [[ ",$what," == *,tests,* ]]; then
   grep -E "tests passed|tests failed|Failed|\*\*\*" "$out/ctest.log" | head -40
   .device/build/tests/scratchlm_tests --gtest_filter='Gpu*' 2>&1 | grep -E "^  |OK|FAILED" > "$out/gpu_tests.log"
   head -80 "$out/gpu_tests.log"
+fi
+if [[ ",$what," == *,profile,* ]]; then   # where the step's time goes, per part
+  for c in ts-17M gpt2s-124M; do
+    .device/build/scratchlm_bench_gpu bench/train_gpu/configs/$c.json --steps 10 --profile 1 2>&1 | grep -v "^  activations\|^memory plan\|^  total" | tee -a "$out/profile.log"
+  done
 fi
 if [[ ",$what," == *,bench,* ]]; then
   bench/train_gpu/run.sh 2>&1 | tee "$out/bench.log" | tail -12 || status=1

@@ -112,15 +112,26 @@ double bound(const std::vector<float>& ref, double fp32_bound = 1e-5) {
   else return 2.0 * rounding_error(ref) + 1e-6;
 }
 
+template <typename T> void rmsnorm_case(std::int64_t C);
+template <typename T> void rope_case(std::int64_t D);
+template <typename T> void swiglu_case(std::int64_t n);
+template <typename T> void classifier_case(std::int64_t V);
+
 template <typename T>
 class GpuOp : public ::testing::Test {};
 using StorageTypes = ::testing::Types<float, Bf16>;
 TYPED_TEST_SUITE(GpuOp, StorageTypes);
 
+// Each op at two sizes: one its vectorized (16-byte) kernel takes, one only the plain kernel can.
 TYPED_TEST(GpuOp, RmsNormForwardAndBackward) {
   SLM_REQUIRE_GPU();
-  using T = TypeParam;
-  const std::int64_t N = 37, C = 100;
+  for (std::int64_t C : {100, 101}) rmsnorm_case<TypeParam>(C);
+}
+
+template <typename T>
+void rmsnorm_case(std::int64_t C) {
+  SCOPED_TRACE(str("C = ", C));
+  const std::int64_t N = 37;
   const auto x = randn(N * C, 1, 2.0f), gain = randn(C, 2, 0.3f), dy = randn(N * C, 3), dx0 = randn(N * C, 4);
   std::vector<float> gain1(gain);
   for (float& g : gain1) g += 1.0f;
@@ -134,8 +145,6 @@ TYPED_TEST(GpuOp, RmsNormForwardAndBackward) {
   // backward: dx accumulates onto dx0, dgain onto a starting value
   std::vector<float> dx = dx0, dgain(C, 0.5f);
   rmsnorm_backward(dx.data(), dgain.data(), dy.data(), x.data(), gain1.data(), rstd.data(), N, C, Accumulate::yes);
-  std::vector<float> dgain_start(C, 0.5f);
-  for (std::int64_t c = 0; c < C; ++c) dgain_start[c] = 0.5f;   // the CPU op overwrote its copy
   GpuBuffer d_dx = upload<float>(dx0), d_dgain = upload<float>(std::vector<float>(C, 0.5f)), d_dy = upload<float>(dy);
   GpuBuffer d_copy(N * C * sizeof(T)), d_partials(kRmsnormPartials * C * 4);
   rmsnorm_backward_cuda(d_dx.as<float>(), d_copy.as<T>(), d_dgain.as<float>(), d_partials.as<float>(), d_dy.as<float>(),
@@ -154,8 +163,13 @@ TYPED_TEST(GpuOp, RmsNormForwardAndBackward) {
 
 TYPED_TEST(GpuOp, RopeRotatesQueriesAndKeysAndInvertsExactly) {
   SLM_REQUIRE_GPU();
-  using T = TypeParam;
-  const std::int64_t B = 3, Tn = 19, H = 5, D = 12, C = H * D, N = B * Tn;
+  for (std::int64_t D : {16, 12}) rope_case<TypeParam>(D);
+}
+
+template <typename T>
+void rope_case(std::int64_t D) {
+  SCOPED_TRACE(str("D = ", D));
+  const std::int64_t B = 3, Tn = 19, H = 5, C = H * D, N = B * Tn;
   const auto qkv = as_stored<T>(randn(N * 3 * C, 5));
   const RopeTable table = make_rope_table(10000.0, D, Tn);
   GpuBuffer d_cos = upload<float>(table.cos), d_sin = upload<float>(table.sin), d_qkv = upload<T>(qkv);
@@ -190,8 +204,12 @@ TYPED_TEST(GpuOp, RopeRotatesQueriesAndKeysAndInvertsExactly) {
 
 TYPED_TEST(GpuOp, SwigluForwardAndBackward) {
   SLM_REQUIRE_GPU();
-  using T = TypeParam;
-  const std::int64_t n = 1001;
+  for (std::int64_t n : {1024, 1001}) swiglu_case<TypeParam>(n);
+}
+
+template <typename T>
+void swiglu_case(std::int64_t n) {
+  SCOPED_TRACE(str("n = ", n));
   const auto a = as_stored<T>(randn(n, 6, 3.0f)), b = as_stored<T>(randn(n, 7)), dh = as_stored<T>(randn(n, 8));
   GpuBuffer d_a = upload<T>(a), d_b = upload<T>(b), d_dh = upload<T>(dh), d_h(n * sizeof(T)), d_da(n * sizeof(T)),
             d_db(n * sizeof(T));
@@ -207,8 +225,13 @@ TYPED_TEST(GpuOp, SwigluForwardAndBackward) {
 
 TYPED_TEST(GpuOp, FusedClassifierGivesLossesAndGradientInPlace) {
   SLM_REQUIRE_GPU();
-  using T = TypeParam;
-  const std::int64_t N = 13, V = 1001;
+  for (std::int64_t V : {1008, 1001}) classifier_case<TypeParam>(V);
+}
+
+template <typename T>
+void classifier_case(std::int64_t V) {
+  SCOPED_TRACE(str("V = ", V));
+  const std::int64_t N = 13;
   const auto logits = as_stored<T>(randn(N * V, 9, 10.0f));   // large logits: stability
   std::vector<std::int32_t> targets(N);
   for (std::int64_t n = 0; n < N; ++n) targets[n] = static_cast<std::int32_t>((n * 97) % V);

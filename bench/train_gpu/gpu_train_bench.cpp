@@ -1,6 +1,7 @@
 // scratchlm_bench_gpu: training throughput of the GPU path on random tokens, the measurement
 // ../shared/peers/torch_lm.py makes for PyTorch (same model, batch, optimizer and clipping).
 //   scratchlm_bench_gpu CONFIG.json [--steps 30] [--warmup 8] [--precision bf16|fp32]
+// --profile 1 also prints (stderr) the time per part of one eager step.
 // Prints one JSON line: tokens/s, ms per step (median of the timed steps), MFU against 989 TFLOP/s
 // with the peer's FLOP count, and the peak bytes held in scratchlm's device buffers (comparable to
 // torch.cuda.max_memory_allocated).
@@ -31,14 +32,16 @@ double peer_flops_per_token(const ModelConfig& c) {
 
 int main(int argc, char** argv) {
   try {
-    if (argc < 2) fail("usage: scratchlm_bench_gpu CONFIG.json [--steps N] [--warmup N] [--precision bf16|fp32]");
+    if (argc < 2) fail("usage: scratchlm_bench_gpu CONFIG.json [--steps N] [--warmup N] [--precision bf16|fp32] [--profile 1]");
     int steps = 30, warmup = 8;
+    bool profile = false;
     std::string precision = "bf16";
     for (int i = 2; i + 1 < argc; i += 2) {
       const std::string flag = argv[i];
       if (flag == "--steps") steps = std::stoi(argv[i + 1]);
       else if (flag == "--warmup") warmup = std::stoi(argv[i + 1]);
       else if (flag == "--precision") precision = argv[i + 1];
+      else if (flag == "--profile") profile = std::string(argv[i + 1]) == "1";
       else fail("unknown flag ", flag);
     }
     if (cuda_device_count() == 0) fail("no GPU");
@@ -83,6 +86,8 @@ int main(int argc, char** argv) {
       if (s >= warmup) ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t0).count());
     }
     const double total_ms = std::chrono::duration<double, std::milli>(clock::now() - t_all).count();
+    if (profile)
+      std::fprintf(stderr, "%s", gpu.profile_step(xs[0].data(), ys[0].data(), {.step = 0, .adam_step = 0}, opt).c_str());
     std::sort(ms.begin(), ms.end());
     const double median = ms[ms.size() / 2];
     const double tokens_per_s = static_cast<double>(N) / (median / 1e3);

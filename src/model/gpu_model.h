@@ -64,6 +64,11 @@ class GpuModel {
   void submit_step(const std::int32_t* x, const std::int32_t* y, const GpuStepIndex& index,
                    const GpuOptimizerOptions& opt);
   GpuStepStats finish_step();
+  // One step run eagerly with an event after each part; returns a table of the time per part
+  // (matrix products, attention, norms, ... summed over layers). For benchmarks; updates the
+  // weights like submit_step + finish_step.
+  std::string profile_step(const std::int32_t* x, const std::int32_t* y, const GpuStepIndex& index,
+                           const GpuOptimizerOptions& opt);
 
   // Multi-line description of the device memory, by purpose.
   std::string memory_plan() const;

@@ -1,5 +1,7 @@
 // The GPU model (see gpu_model.h). forward and backward below are the CPU model's model_forward and
 // model_backward (model.cpp) line for line, on device buffers; T is the working precision.
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -84,6 +86,8 @@ struct GpuModel::Impl {
   std::unique_ptr<PinnedBuffer> stats_host;
   GpuOptimizerOptions opt{};
   bool opt_set = false;
+  // Timing marks of a profiled step (null otherwise): see mark().
+  std::vector<std::pair<const char*, cudaEvent_t>>* profile = nullptr;
   // The step graph.
   int steps_submitted = 0;
   cudaGraphExec_t graph = nullptr;
@@ -109,6 +113,16 @@ struct SpecIndex {
 };
 enum LayerParam { kLn1 = 0, kWq = 1, kWk = 2, kWv = 3, kWo = 4, kLn2 = 5, kW1 = 6, kW2 = 7, kW3 = 8 };
 
+// In a profiled step, an event after each part of the step: the time since the previous mark is
+// the part's. Free otherwise.
+void mark(GpuModel::Impl& m, const char* part) {
+  if (!m.profile) return;
+  cudaEvent_t e = nullptr;
+  SLM_CUDA_CHECK(cudaEventCreate(&e));
+  SLM_CUDA_CHECK(cudaEventRecord(e, m.stream));
+  m.profile->emplace_back(part, e);
+}
+
 template <typename T>
 const T* weight(const GpuModel::Impl& m, std::size_t spec) {
   if constexpr (std::is_same_v<T, float>) return m.at(m.params, spec);
@@ -131,6 +145,7 @@ void forward(GpuModel::Impl& m, const std::int32_t* ids, const std::int32_t* tar
   const bool mma = std::is_same_v<T, Bf16> && attention_mma_supported(D);
 
   embedding_forward_cuda(buf<float>(m.resid[0]), ids, m.at(m.params, SpecIndex::embedding()), N, C, s);
+  mark(m, "embedding forward");
   for (std::int64_t l = 0; l < L; ++l) {
     LayerBuffers& a = m.layers[l];
     float* x_in = buf<float>(m.resid[2 * l]);
@@ -138,33 +153,45 @@ void forward(GpuModel::Impl& m, const std::int32_t* ids, const std::int32_t* tar
     float* x_out = buf<float>(m.resid[2 * l + 2]);
     // attention sublayer: x_mid = x_in + Wo · attention(rope(Wq ln1), rope(Wk ln1), Wv ln1)
     rmsnorm_forward_cuda(buf<T>(a.ln1), buf<float>(a.rstd1), x_in, m.at(m.params, SpecIndex::layer(l, kLn1)), N, C, s);
+    mark(m, "rmsnorm forward");
     gemm(m.gemm, buf<T>(a.qkv), buf<T>(a.ln1), weight<T>(m, SpecIndex::layer(l, kWq)), linear_shape(N, C, 3 * C),
          1.0f, 0.0f, s);   // q, k, v weights are consecutive in the arena: one (3C, C) matrix
+    mark(m, "matmul qkv forward");
     rope_qk_cuda(buf<T>(a.qkv), buf<float>(m.rope_cos), buf<float>(m.rope_sin), B, T_, H, D, RopeDirection::forward, s);
+    mark(m, "rope forward");
     if constexpr (std::is_same_v<T, Bf16>) {
       if (mma) attention_forward_mma(buf<T>(a.attn), buf<float>(a.lse), buf<T>(a.qkv), shape, s);
       else attention_forward_cuda(buf<T>(a.attn), buf<float>(a.lse), buf<T>(a.qkv), shape, s);
     } else {
       attention_forward_cuda(buf<T>(a.attn), buf<float>(a.lse), buf<T>(a.qkv), shape, s);
     }
+    mark(m, "attention forward");
     gemm(m.gemm, x_mid, buf<T>(a.attn), weight<T>(m, SpecIndex::layer(l, kWo)), linear_shape(N, C, C), 1.0f, 1.0f, s,
          static_cast<const float*>(x_in));   // + x_in in the epilogue
+    mark(m, "matmul out_proj forward");
     // feed-forward sublayer: x_out = x_mid + W2 (silu(W1 ln2) ⊙ W3 ln2)
     rmsnorm_forward_cuda(buf<T>(a.ln2), buf<float>(a.rstd2), x_mid, m.at(m.params, SpecIndex::layer(l, kLn2)), N, C,
                          s);
+    mark(m, "rmsnorm forward");
     gemm(m.gemm, buf<T>(a.a), buf<T>(a.ln2), weight<T>(m, SpecIndex::layer(l, kW1)), linear_shape(N, C, F), 1.0f,
          0.0f, s);
     gemm(m.gemm, buf<T>(a.b), buf<T>(a.ln2), weight<T>(m, SpecIndex::layer(l, kW3)), linear_shape(N, C, F), 1.0f,
          0.0f, s);
+    mark(m, "matmul w1 w3 forward");
     swiglu_forward_cuda(buf<T>(a.h), buf<T>(a.a), buf<T>(a.b), N * F, s);
+    mark(m, "swiglu forward");
     gemm(m.gemm, x_out, buf<T>(a.h), weight<T>(m, SpecIndex::layer(l, kW2)), linear_shape(N, F, C), 1.0f, 1.0f, s,
          static_cast<const float*>(x_mid));
+    mark(m, "matmul w2 forward");
   }
   rmsnorm_forward_cuda(buf<T>(m.ln_final), buf<float>(m.rstd_final), buf<float>(m.resid[2 * L]),
                        m.at(m.params, SpecIndex::ln_final(L)), N, C, s);
+  mark(m, "rmsnorm forward");
   gemm(m.gemm, buf<T>(m.logits), buf<T>(m.ln_final), weight<T>(m, SpecIndex::lm_head(L)), linear_shape(N, C, V), 1.0f,
        0.0f, s);
+  mark(m, "matmul lm_head forward");
   classifier_cuda(buf<T>(m.logits), buf<float>(m.losses), targets, N, V, grad_scale, s);
+  mark(m, "classifier");
 }
 
 // Backward of the pass forward() just made with grad_scale != 0 (the logits hold dlogits);
@@ -192,9 +219,11 @@ void backward(GpuModel::Impl& m, const TokenGroups& groups, std::int64_t B, std:
   const T* dlogits = buf<T>(m.logits);
   gemm(m.gemm, dln, dlogits, weight<T>(m, SpecIndex::lm_head(L)), linear_dx_shape(N, C, V), 1.0f, 0.0f, s);
   gemm(m.gemm, g(SpecIndex::lm_head(L)), dlogits, buf<T>(m.ln_final), linear_dw_shape(N, C, V), 1.0f, 1.0f, s);
+  mark(m, "matmul lm_head backward");
   SLM_CUDA_CHECK(cudaMemsetAsync(dresid, 0, static_cast<std::size_t>(N * C * 4), s));
   rmsnorm_backward_cuda(dresid, dresid_t, g(SpecIndex::ln_final(L)), partials, dln, buf<float>(m.resid[2 * L]),
                         gain(SpecIndex::ln_final(L)), buf<float>(m.rstd_final), N, C, s);
+  mark(m, "rmsnorm backward");
 
   for (std::int64_t l = L; l-- > 0;) {
     LayerBuffers& a = m.layers[l];
@@ -202,17 +231,22 @@ void backward(GpuModel::Impl& m, const TokenGroups& groups, std::int64_t B, std:
     gemm(m.gemm, buf<T>(m.dh), dres_in, weight<T>(m, SpecIndex::layer(l, kW2)), linear_dx_shape(N, F, C), 1.0f, 0.0f,
          s);
     gemm(m.gemm, g(SpecIndex::layer(l, kW2)), dres_in, buf<T>(a.h), linear_dw_shape(N, F, C), 1.0f, 1.0f, s);
+    mark(m, "matmul w2 backward");
     swiglu_backward_cuda(buf<T>(m.da), buf<T>(m.db), buf<T>(m.dh), buf<T>(a.a), buf<T>(a.b), N * F, s);
+    mark(m, "swiglu backward");
     gemm(m.gemm, dln, buf<T>(m.da), weight<T>(m, SpecIndex::layer(l, kW1)), linear_dx_shape(N, C, F), 1.0f, 0.0f, s);
     gemm(m.gemm, dln, buf<T>(m.db), weight<T>(m, SpecIndex::layer(l, kW3)), linear_dx_shape(N, C, F), 1.0f, 1.0f, s);
     gemm(m.gemm, g(SpecIndex::layer(l, kW1)), buf<T>(m.da), buf<T>(a.ln2), linear_dw_shape(N, C, F), 1.0f, 1.0f, s);
     gemm(m.gemm, g(SpecIndex::layer(l, kW3)), buf<T>(m.db), buf<T>(a.ln2), linear_dw_shape(N, C, F), 1.0f, 1.0f, s);
+    mark(m, "matmul w1 w3 backward");
     rmsnorm_backward_cuda(dresid, dresid_t, g(SpecIndex::layer(l, kLn2)), partials, dln, buf<float>(m.resid[2 * l + 1]),
                           gain(SpecIndex::layer(l, kLn2)), buf<float>(a.rstd2), N, C, s);
+    mark(m, "rmsnorm backward");
     // attention sublayer; dresid holds dL/dx_mid
     gemm(m.gemm, buf<T>(m.dattn), dres_in, weight<T>(m, SpecIndex::layer(l, kWo)), linear_dx_shape(N, C, C), 1.0f,
          0.0f, s);
     gemm(m.gemm, g(SpecIndex::layer(l, kWo)), dres_in, buf<T>(a.attn), linear_dw_shape(N, C, C), 1.0f, 1.0f, s);
+    mark(m, "matmul out_proj backward");
     if constexpr (std::is_same_v<T, Bf16>) {
       if (mma)
         attention_backward_mma(buf<T>(m.dqkv), buf<float>(m.delta), buf<T>(m.dattn), buf<T>(a.qkv), buf<T>(a.attn),
@@ -224,16 +258,21 @@ void backward(GpuModel::Impl& m, const TokenGroups& groups, std::int64_t B, std:
       attention_backward_cuda(buf<T>(m.dqkv), buf<float>(m.delta), buf<T>(m.dattn), buf<T>(a.qkv), buf<T>(a.attn),
                               buf<float>(a.lse), shape, s);
     }
+    mark(m, "attention backward");
     rope_qk_cuda(buf<T>(m.dqkv), buf<float>(m.rope_cos), buf<float>(m.rope_sin), B, T_, H, D, RopeDirection::inverse,
                  s);
+    mark(m, "rope backward");
     gemm(m.gemm, dln, buf<T>(m.dqkv), weight<T>(m, SpecIndex::layer(l, kWq)), linear_dx_shape(N, C, 3 * C), 1.0f, 0.0f,
          s);
     gemm(m.gemm, g(SpecIndex::layer(l, kWq)), buf<T>(m.dqkv), buf<T>(a.ln1), linear_dw_shape(N, C, 3 * C), 1.0f,
          1.0f, s);
+    mark(m, "matmul qkv backward");
     rmsnorm_backward_cuda(dresid, dresid_t, g(SpecIndex::layer(l, kLn1)), partials, dln, buf<float>(m.resid[2 * l]),
                           gain(SpecIndex::layer(l, kLn1)), buf<float>(a.rstd1), N, C, s);
+    mark(m, "rmsnorm backward");
   }
   embedding_backward_cuda(g(SpecIndex::embedding()), dresid, groups, std::min(N, V), C, s);
+  mark(m, "embedding backward");
 }
 
 // The input block of one micro-batch on the host: ids, targets and their token groups.
@@ -256,11 +295,13 @@ void record_step(GpuModel::Impl& m) {
   auto* stats = m.stats.as<GpuStepStats>();
   SLM_CUDA_CHECK(cudaMemsetAsync(m.grads.data(), 0, static_cast<std::size_t>(m.grads.bytes()), s));
   step_begin_cuda(stats, s);
+  mark(m, "zero gradients");
   const float scale = 1.0f / static_cast<float>(N * m.o.grad_accum);
   for (std::int64_t micro = 0; micro < m.o.grad_accum; ++micro) {
     const std::int32_t* in = m.input_micro(micro);
     forward<T>(m, in, in + N, B, T_, scale);
     sum_into_cuda(&stats->loss, buf<float>(m.losses), N, 1.0 / static_cast<double>(N * m.o.grad_accum), s);
+    mark(m, "classifier");
     backward<T>(m, groups_of(in, N), B, T_);
   }
   T* copy = nullptr;
@@ -268,6 +309,7 @@ void record_step(GpuModel::Impl& m) {
   optimizer_step_cuda<T>(m.params.as<float>(), copy, m.grads.as<float>(), m.m.as<float>(), m.v.as<float>(),
                          m.layout.total, m.chunks.as<AdamWChunk>(), m.num_chunks, m.opt_scratch.as<double>(), stats,
                          m.input_index(), m.opt, s);
+  mark(m, "optimizer (norm, clip, AdamW)");
   SLM_CUDA_CHECK(cudaMemcpyAsync(m.stats_host->ptr, stats, sizeof(GpuStepStats), cudaMemcpyDeviceToHost, s));
 }
 
@@ -497,6 +539,41 @@ void GpuModel::submit_step(const std::int32_t* x, const std::int32_t* y, const G
   }
   SLM_CUDA_CHECK(cudaEventRecord(m.done, m.stream));
   m.steps_submitted += 1;
+}
+
+std::string GpuModel::profile_step(const std::int32_t* x, const std::int32_t* y, const GpuStepIndex& index,
+                                   const GpuOptimizerOptions& opt) {
+  Impl& m = *impl_;
+  std::vector<std::pair<const char*, cudaEvent_t>> marks;
+  finish_step();
+  SLM_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  m.profile = &marks;
+  mark(m, "start");
+  const int submitted = m.steps_submitted;
+  m.steps_submitted = 0;   // eager, so that the marks are recorded
+  submit_step(x, y, index, opt);
+  m.steps_submitted = submitted + 1;
+  m.profile = nullptr;
+  finish_step();
+  // Time per part, summed over layers, in order of first appearance.
+  std::vector<std::pair<std::string, double>> parts;
+  double total = 0;
+  for (std::size_t i = 1; i < marks.size(); ++i) {
+    float ms = 0;
+    SLM_CUDA_CHECK(cudaEventElapsedTime(&ms, marks[i - 1].second, marks[i].second));
+    total += ms;
+    auto it = std::find_if(parts.begin(), parts.end(), [&](const auto& p) { return p.first == marks[i].first; });
+    if (it == parts.end()) parts.emplace_back(marks[i].first, ms);
+    else it->second += ms;
+  }
+  for (auto& [name, e] : marks) cudaEventDestroy(e);
+  std::string out = str("profile of one eager step: ", total, " ms\n");
+  for (const auto& [name, ms] : parts) {
+    char line[128];
+    std::snprintf(line, sizeof line, "  %-30s %8.3f ms  %5.1f%%\n", name.c_str(), ms, 100.0 * ms / total);
+    out += line;
+  }
+  return out;
 }
 
 GpuStepStats GpuModel::finish_step() {

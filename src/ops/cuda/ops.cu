@@ -15,6 +15,25 @@ constexpr int kWarpsPerBlock = 8;
 
 unsigned blocks_for(std::int64_t n, int per_block) { return static_cast<unsigned>((n + per_block - 1) / per_block); }
 
+bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+// 16 bytes of T (8 bf16 or 4 floats), loaded and stored at once.
+template <typename T>
+struct Pack {
+  static constexpr int n = 16 / sizeof(T);
+  uint4 raw;
+  __device__ float get(int i) const { return load_f(reinterpret_cast<const T*>(&raw) + i); }
+  __device__ void set(int i, float v) { store_f(reinterpret_cast<T*>(&raw) + i, v); }
+};
+template <typename T>
+__device__ __forceinline__ Pack<T> load_pack(const T* p) {
+  return Pack<T>{*reinterpret_cast<const uint4*>(p)};
+}
+template <typename T>
+__device__ __forceinline__ void store_pack(T* p, const Pack<T>& v) {
+  *reinterpret_cast<uint4*>(p) = v.raw;
+}
+
 // ---- embedding ---------------------------------------------------------------------------------
 
 __global__ void embedding_forward_row_per_block(float* x, const std::int32_t* ids, const float* table,
@@ -41,55 +60,94 @@ __global__ void embedding_backward_block_per_token(float* dtable, const float* d
 
 // ---- RMSNorm -----------------------------------------------------------------------------------
 
-template <typename T>
+// Rows of C floats, read W at a time per lane (W = 4: 16-byte loads, when C % 4 == 0).
+template <int W>
+__device__ __forceinline__ void load_w(float (&v)[W], const float* p) {
+  if constexpr (W == 4) {
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+  } else {
+    v[0] = *p;
+  }
+}
+template <int W>
+__device__ __forceinline__ void store_w(float* p, const float (&v)[W]) {
+  if constexpr (W == 4) *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+  else *p = v[0];
+}
+
+template <typename T, int W>
 __global__ void rmsnorm_forward_warp_per_row(T* out, float* rstd, const float* x, const float* gain,
                                              std::int64_t N, std::int64_t C) {
   const std::int64_t n = static_cast<std::int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.y;
   if (n >= N) return;
   const float* xr = x + n * C;
   float ss = 0.0f;
-  for (std::int64_t c = threadIdx.x; c < C; c += 32) ss += xr[c] * xr[c];
+  for (std::int64_t c = W * threadIdx.x; c < C; c += 32 * W) {
+    float v[W];
+    load_w<W>(v, xr + c);
+#pragma unroll
+    for (int i = 0; i < W; ++i) ss += v[i] * v[i];
+  }
   ss = warp_sum(ss);
   const float r = rsqrtf(ss / static_cast<float>(C) + 1e-5f);
   if (threadIdx.x == 0) rstd[n] = r;
-  for (std::int64_t c = threadIdx.x; c < C; c += 32) store_f(out + n * C + c, xr[c] * r * gain[c]);
-}
-
-// dx += rstd · (g − x̂ · mean(g ⊙ x̂)),  g = dy ⊙ gain,  x̂ = x · rstd.
-template <typename T>
-__global__ void rmsnorm_backward_warp_per_row(float* dx, T* dx_copy, const float* dy, const float* x,
-                                              const float* gain, const float* rstd, std::int64_t N, std::int64_t C) {
-  const std::int64_t n = static_cast<std::int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.y;
-  if (n >= N) return;
-  const float* xr = x + n * C;
-  const float* dyr = dy + n * C;
-  const float r = rstd[n];
-  float dot = 0.0f;
-  for (std::int64_t c = threadIdx.x; c < C; c += 32) dot += dyr[c] * gain[c] * xr[c] * r;
-  const float mean = warp_sum(dot) / static_cast<float>(C);
-  for (std::int64_t c = threadIdx.x; c < C; c += 32) {
-    const float v = dx[n * C + c] + r * (dyr[c] * gain[c] - xr[c] * r * mean);
-    dx[n * C + c] = v;
-    if (dx_copy) store_f(dx_copy + n * C + c, v);
+  for (std::int64_t c = W * threadIdx.x; c < C; c += 32 * W) {
+    float v[W], g[W];
+    load_w<W>(v, xr + c);
+    load_w<W>(g, gain + c);
+#pragma unroll
+    for (int i = 0; i < W; ++i) store_f(out + n * C + c + i, v[i] * r * g[i]);
   }
 }
 
-// partials[p][c] = Σ over rows n ≡ chunk p of dy·x·rstd; block (32 columns) × (8 row lanes).
-__global__ void rmsnorm_dgain_partials(float* partials, const float* dy, const float* x, const float* rstd,
-                                       std::int64_t N, std::int64_t C) {
-  __shared__ float tile[8][33];
-  const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * 32 + threadIdx.x;
-  const std::int64_t rows_per_chunk = (N + kRmsnormPartials - 1) / kRmsnormPartials;
-  const std::int64_t begin = blockIdx.y * rows_per_chunk, end = min(N, begin + rows_per_chunk);
-  float s = 0.0f;
-  if (c < C)
-    for (std::int64_t n = begin + threadIdx.y; n < end; n += 8) s += dy[n * C + c] * x[n * C + c] * rstd[n];
-  tile[threadIdx.y][threadIdx.x] = s;
+// One pass per row: dx += rstd · (g − x̂ · mean(g ⊙ x̂)), g = dy ⊙ gain, x̂ = x · rstd, and the
+// copy in T; dgain's share of the block's rows summed per warp in shared memory (each warp its own
+// row of C floats, so the order is fixed), then across the block's warps into partials[block].
+template <typename T, int W>
+__global__ void rmsnorm_backward_fused(float* dx, T* dx_copy, float* partials, const float* dy, const float* x,
+                                       const float* gain, const float* rstd, std::int64_t N, std::int64_t C) {
+  extern __shared__ float warp_dgain[];   // (kWarpsPerBlock, C)
+  float* mine = warp_dgain + threadIdx.y * C;
+  for (std::int64_t c = threadIdx.x; c < C; c += 32) mine[c] = 0.0f;
+  const std::int64_t rows_per_block = (N + gridDim.x - 1) / gridDim.x;
+  const std::int64_t begin = blockIdx.x * rows_per_block, end = min(N, begin + rows_per_block);
+  for (std::int64_t n = begin + threadIdx.y; n < end; n += kWarpsPerBlock) {
+    const float* xr = x + n * C;
+    const float* dyr = dy + n * C;
+    const float r = rstd[n];
+    float dot = 0.0f;
+    for (std::int64_t c = W * threadIdx.x; c < C; c += 32 * W) {
+      float xv[W], dv[W], gv[W];
+      load_w<W>(xv, xr + c);
+      load_w<W>(dv, dyr + c);
+      load_w<W>(gv, gain + c);
+#pragma unroll
+      for (int i = 0; i < W; ++i) dot += dv[i] * gv[i] * xv[i] * r;
+    }
+    const float mean = warp_sum(dot) / static_cast<float>(C);
+    for (std::int64_t c = W * threadIdx.x; c < C; c += 32 * W) {
+      float xv[W], dv[W], gv[W], acc[W];
+      load_w<W>(xv, xr + c);
+      load_w<W>(dv, dyr + c);
+      load_w<W>(gv, gain + c);
+      load_w<W>(acc, dx + n * C + c);
+#pragma unroll
+      for (int i = 0; i < W; ++i) {
+        const float xhat = xv[i] * r;
+        acc[i] += r * (dv[i] * gv[i] - xhat * mean);
+        mine[c + i] += dv[i] * xhat;   // this lane's own columns: no race
+        if (dx_copy) store_f(dx_copy + n * C + c + i, acc[i]);
+      }
+      store_w<W>(dx + n * C + c, acc);
+    }
+  }
   __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    float t = 0.0f;
-    for (int i = 0; i < 8; ++i) t += tile[i][threadIdx.x];
-    partials[blockIdx.y * C + c] = t;
+  const int t = threadIdx.y * 32 + threadIdx.x;
+  for (std::int64_t c = t; c < C; c += 32 * kWarpsPerBlock) {
+    float sum = 0.0f;
+    for (int w = 0; w < kWarpsPerBlock; ++w) sum += warp_dgain[w * C + c];
+    partials[blockIdx.x * C + c] = sum;
   }
 }
 
@@ -122,6 +180,29 @@ __global__ void rope_qk_thread_per_pair(T* qkv, const float* cos, const float* s
   }
 }
 
+// The same, one 16-byte pack of q or k per thread (D a multiple of the pack).
+template <typename T>
+__global__ void rope_qk_packed(T* qkv, const float* cos, const float* sin, std::int64_t N, std::int64_t T_,
+                               std::int64_t H, std::int64_t D, float sign) {
+  constexpr int P = Pack<T>::n;
+  const std::int64_t C = H * D, packs_per_part = C / P;
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= N * 2 * packs_per_part) return;
+  const std::int64_t n = i / (2 * packs_per_part), part = (i / packs_per_part) % 2, c0 = (i % packs_per_part) * P;
+  const std::int64_t half = D / 2, k0 = (c0 % D) / 2, t = n % T_;
+  T* p = qkv + n * 3 * C + part * C + c0;
+  const Pack<T> v = load_pack(p);
+  Pack<T> o;
+#pragma unroll
+  for (int j = 0; j < P / 2; ++j) {
+    const float c = cos[t * half + k0 + j], s = sign * sin[t * half + k0 + j];
+    const float x0 = v.get(2 * j), x1 = v.get(2 * j + 1);
+    o.set(2 * j, x0 * c - x1 * s);
+    o.set(2 * j + 1, x0 * s + x1 * c);
+  }
+  store_pack(p, o);
+}
+
 // ---- SwiGLU ------------------------------------------------------------------------------------
 
 template <typename T>
@@ -130,6 +211,40 @@ __global__ void swiglu_forward_elementwise(T* h, const T* a, const T* b, std::in
   if (i >= n) return;
   const float x = load_f(a + i);
   store_f(h + i, x / (1.0f + __expf(-x)) * load_f(b + i));
+}
+
+// The same, one 16-byte pack per thread (n a multiple of the pack, pointers aligned).
+template <typename T>
+__global__ void swiglu_forward_packed(T* h, const T* a, const T* b, std::int64_t packs) {
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= packs) return;
+  constexpr int P = Pack<T>::n;
+  const Pack<T> av = load_pack(a + i * P), bv = load_pack(b + i * P);
+  Pack<T> hv;
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    const float x = av.get(k);
+    hv.set(k, x / (1.0f + __expf(-x)) * bv.get(k));
+  }
+  store_pack(h + i * P, hv);
+}
+
+template <typename T>
+__global__ void swiglu_backward_packed(T* da, T* db, const T* dh, const T* a, const T* b, std::int64_t packs) {
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= packs) return;
+  constexpr int P = Pack<T>::n;
+  const Pack<T> av = load_pack(a + i * P), bv = load_pack(b + i * P), gv = load_pack(dh + i * P);
+  Pack<T> dav, dbv;
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    const float x = av.get(k), y = bv.get(k), g = gv.get(k);
+    const float sig = 1.0f / (1.0f + __expf(-x));
+    dav.set(k, g * y * sig * (1.0f + x * (1.0f - sig)));
+    dbv.set(k, g * x * sig);
+  }
+  store_pack(da + i * P, dav);
+  store_pack(db + i * P, dbv);
 }
 
 // h = silu(a)·b: da = dh·b·σ(a)·(1 + a·(1 − σ(a))), db = dh·silu(a).
@@ -198,6 +313,63 @@ __global__ void classifier_block_per_row(T* logits, float* losses, const std::in
   }
 }
 
+// The same with 16-byte loads and stores (V a multiple of the pack, rows aligned).
+template <typename T>
+__global__ void classifier_block_per_row_packed(T* logits, float* losses, const std::int32_t* targets, std::int64_t V,
+                                                float grad_scale) {
+  constexpr int P = Pack<T>::n;
+  __shared__ float s_max[kClassifierThreads / 32], s_sum[kClassifierThreads / 32];
+  __shared__ float s_lse;
+  const std::int64_t n = blockIdx.x;
+  T* row = logits + n * V;
+  float m = -INFINITY, s = 0.0f;
+  for (std::int64_t j = P * threadIdx.x; j < V; j += P * blockDim.x) {
+    const Pack<T> v = load_pack(row + j);
+    float pm = v.get(0);
+#pragma unroll
+    for (int k = 1; k < P; ++k) pm = fmaxf(pm, v.get(k));
+    const float mm = fmaxf(m, pm);
+    float add = 0.0f;
+#pragma unroll
+    for (int k = 0; k < P; ++k) add += __expf(v.get(k) - mm);
+    s = s * __expf(m - mm) + add;
+    m = mm;
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+    const float mm = fmaxf(m, m2);
+    s = (mm == -INFINITY) ? 0.0f : s * __expf(m - mm) + s2 * __expf(m2 - mm);
+    m = mm;
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) {
+    s_max[warp] = m;
+    s_sum[warp] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float mm = s_max[0];
+    for (int w = 1; w < kClassifierThreads / 32; ++w) mm = fmaxf(mm, s_max[w]);
+    float ss = 0.0f;
+    for (int w = 0; w < kClassifierThreads / 32; ++w)
+      if (s_max[w] != -INFINITY) ss += s_sum[w] * __expf(s_max[w] - mm);
+    const float lse = mm + logf(ss);
+    s_lse = lse;
+    losses[n] = lse - load_f(row + targets[n]);
+  }
+  __syncthreads();
+  if (grad_scale == 0.0f) return;
+  const float lse = s_lse;
+  const std::int32_t target = targets[n];
+  for (std::int64_t j = P * threadIdx.x; j < V; j += P * blockDim.x) {
+    const Pack<T> v = load_pack(row + j);
+    Pack<T> g;
+#pragma unroll
+    for (int k = 0; k < P; ++k) g.set(k, (__expf(v.get(k) - lse) - (j + k == target ? 1.0f : 0.0f)) * grad_scale);
+    store_pack(row + j, g);
+  }
+}
+
 // ---- reductions and conversions ----------------------------------------------------------------
 
 __global__ void sum_into_one_block(double* out, const float* x, std::int64_t n, double scale) {
@@ -259,8 +431,11 @@ template <typename T>
 void rmsnorm_forward_cuda(T* out, float* rstd, const float* x, const float* gain, std::int64_t N, std::int64_t C,
                           CUstream_st* stream) {
   if (N == 0) return;
-  rmsnorm_forward_warp_per_row<<<blocks_for(N, kWarpsPerBlock), dim3(32, kWarpsPerBlock), 0, stream>>>(
-      dev(out), rstd, x, gain, N, C);
+  const dim3 grid(blocks_for(N, kWarpsPerBlock)), block(32, kWarpsPerBlock);
+  if (C % 4 == 0 && aligned16(x) && aligned16(gain))
+    rmsnorm_forward_warp_per_row<device_t<T>, 4><<<grid, block, 0, stream>>>(dev(out), rstd, x, gain, N, C);
+  else
+    rmsnorm_forward_warp_per_row<device_t<T>, 1><<<grid, block, 0, stream>>>(dev(out), rstd, x, gain, N, C);
   SLM_CUDA_LAUNCH_CHECK();
 }
 
@@ -268,13 +443,19 @@ template <typename T>
 void rmsnorm_backward_cuda(float* dx, T* dx_copy, float* dgain, float* partials, const float* dy, const float* x,
                            const float* gain, const float* rstd, std::int64_t N, std::int64_t C, CUstream_st* stream) {
   if (N == 0) return;
-  rmsnorm_dgain_partials<<<dim3(blocks_for(C, 32), kRmsnormPartials), dim3(32, 8), 0, stream>>>(partials, dy, x,
-                                                                                                  rstd, N, C);
+  const std::size_t smem = static_cast<std::size_t>(kWarpsPerBlock * C) * sizeof(float);
+  const dim3 block(32, kWarpsPerBlock);
+  auto launch = [&](auto kernel) {
+    if (smem > 48 * 1024) SLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                              static_cast<int>(smem)));
+    kernel<<<kRmsnormPartials, block, smem, stream>>>(dx, dev(dx_copy), partials, dy, x, gain, rstd, N, C);
+  };
+  if (C % 4 == 0 && aligned16(dx) && aligned16(dy) && aligned16(x) && aligned16(gain))
+    launch(rmsnorm_backward_fused<device_t<T>, 4>);
+  else
+    launch(rmsnorm_backward_fused<device_t<T>, 1>);
   SLM_CUDA_LAUNCH_CHECK();
   add_partials<<<blocks_for(C, 256), 256, 0, stream>>>(dgain, partials, C);
-  SLM_CUDA_LAUNCH_CHECK();
-  rmsnorm_backward_warp_per_row<<<blocks_for(N, kWarpsPerBlock), dim3(32, kWarpsPerBlock), 0, stream>>>(
-      dx, dev(dx_copy), dy, x, gain, rstd, N, C);
   SLM_CUDA_LAUNCH_CHECK();
 }
 
@@ -283,22 +464,37 @@ void rope_qk_cuda(T* qkv, const float* cos, const float* sin, std::int64_t B, st
                   std::int64_t D, RopeDirection dir, CUstream_st* stream) {
   const std::int64_t pairs = B * T_ * H * (D / 2);
   if (pairs == 0) return;
-  rope_qk_thread_per_pair<<<blocks_for(pairs, 256), 256, 0, stream>>>(dev(qkv), cos, sin, B * T_, T_, H, D,
-                                                                      dir == RopeDirection::forward ? 1.0f : -1.0f);
+  const float sign = dir == RopeDirection::forward ? 1.0f : -1.0f;
+  constexpr int P = Pack<device_t<T>>::n;
+  if (D % P == 0 && aligned16(qkv)) {
+    const std::int64_t threads = B * T_ * 2 * (H * D / P);
+    rope_qk_packed<<<blocks_for(threads, 256), 256, 0, stream>>>(dev(qkv), cos, sin, B * T_, T_, H, D, sign);
+  } else {
+    rope_qk_thread_per_pair<<<blocks_for(pairs, 256), 256, 0, stream>>>(dev(qkv), cos, sin, B * T_, T_, H, D, sign);
+  }
   SLM_CUDA_LAUNCH_CHECK();
 }
 
 template <typename T>
 void swiglu_forward_cuda(T* h, const T* a, const T* b, std::int64_t n, CUstream_st* stream) {
   if (n == 0) return;
-  swiglu_forward_elementwise<<<blocks_for(n, 256), 256, 0, stream>>>(dev(h), dev(a), dev(b), n);
+  constexpr int P = Pack<device_t<T>>::n;
+  if (n % P == 0 && aligned16(h) && aligned16(a) && aligned16(b))
+    swiglu_forward_packed<<<blocks_for(n / P, 256), 256, 0, stream>>>(dev(h), dev(a), dev(b), n / P);
+  else
+    swiglu_forward_elementwise<<<blocks_for(n, 256), 256, 0, stream>>>(dev(h), dev(a), dev(b), n);
   SLM_CUDA_LAUNCH_CHECK();
 }
 
 template <typename T>
 void swiglu_backward_cuda(T* da, T* db, const T* dh, const T* a, const T* b, std::int64_t n, CUstream_st* stream) {
   if (n == 0) return;
-  swiglu_backward_elementwise<<<blocks_for(n, 256), 256, 0, stream>>>(dev(da), dev(db), dev(dh), dev(a), dev(b), n);
+  constexpr int P = Pack<device_t<T>>::n;
+  if (n % P == 0 && aligned16(da) && aligned16(db) && aligned16(dh) && aligned16(a) && aligned16(b))
+    swiglu_backward_packed<<<blocks_for(n / P, 256), 256, 0, stream>>>(dev(da), dev(db), dev(dh), dev(a), dev(b),
+                                                                        n / P);
+  else
+    swiglu_backward_elementwise<<<blocks_for(n, 256), 256, 0, stream>>>(dev(da), dev(db), dev(dh), dev(a), dev(b), n);
   SLM_CUDA_LAUNCH_CHECK();
 }
 
@@ -306,8 +502,13 @@ template <typename T>
 void classifier_cuda(T* logits, float* losses, const std::int32_t* targets, std::int64_t N, std::int64_t V,
                      float grad_scale, CUstream_st* stream) {
   if (N == 0) return;
-  classifier_block_per_row<<<static_cast<unsigned>(N), kClassifierThreads, 0, stream>>>(dev(logits), losses, targets,
-                                                                                        V, grad_scale);
+  constexpr int P = Pack<device_t<T>>::n;
+  if (V % P == 0 && aligned16(logits))
+    classifier_block_per_row_packed<<<static_cast<unsigned>(N), kClassifierThreads, 0, stream>>>(
+        dev(logits), losses, targets, V, grad_scale);
+  else
+    classifier_block_per_row<<<static_cast<unsigned>(N), kClassifierThreads, 0, stream>>>(dev(logits), losses, targets,
+                                                                                          V, grad_scale);
   SLM_CUDA_LAUNCH_CHECK();
 }
 
