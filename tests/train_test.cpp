@@ -288,10 +288,11 @@ TEST(GenerateCommand, GreedyIsDeterministicAndSamplingFollowsTheSeed) {
                                       "--out_dir", dir.file("run"), "--peak_flops", "1e10", "--threads", "1",
                                       "--device", "cpu"});
   ASSERT_EQ(trained.exit_code, 0) << trained.err;
-  auto gen = [&](const std::string& temperature, const std::string& seed) {
+  auto gen = [&](const std::string& temperature, const std::string& seed, const std::string& device = "cpu",
+                 const std::string& precision = "bf16") {
     const auto r = test::run_cli({"generate", "--checkpoint", dir.file("run"), "--tokenizer", dir.file("tok"), "--prompt",
                                   "the cat", "--max-new-tokens", "20", "--temperature", temperature, "--seed", seed,
-                                  "--threads", "1"});
+                                  "--threads", "1", "--device", device, "--precision", precision});
     EXPECT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.err.find("tokens/s"), std::string::npos);
     return r.out;
@@ -301,6 +302,11 @@ TEST(GenerateCommand, GreedyIsDeterministicAndSamplingFollowsTheSeed) {
   EXPECT_EQ(greedy, gen("0", "2")) << "greedy decoding does not depend on the seed";
   EXPECT_NE(greedy.find(" sat on the mat"), std::string::npos) << greedy;   // it learned the sentence
   EXPECT_EQ(gen("1", "7"), gen("1", "7"));
+  if (cuda_device_count() > 0) {   // the GPU decodes the same text (fp32: the CPU's arithmetic up to rounding)
+    EXPECT_EQ(gen("0", "1", "cuda", "fp32"), greedy);
+    EXPECT_NE(gen("0", "1", "cuda", "bf16").find(" sat on the mat"), std::string::npos);
+    EXPECT_EQ(gen("1", "7", "cuda"), gen("1", "7", "cuda"));
+  }
   test::expect_clean_failure(test::run_cli({"generate", "--checkpoint", dir.file("run"), "--tokenizer", dir.file("tok"),
                                             "--prompt", "x", "--top-p", "1.5"}),
                              {"--top-p"});

@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "generate/generate.h"
+#include "tensor/device.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/vocab.h"
 #include "train/checkpoint.h"
@@ -21,6 +22,7 @@ struct GenerateArgs {
   double temperature = 1.0, top_p = 1.0;
   std::uint64_t seed = 0;
   int threads = 0;
+  std::string device = "auto", precision = "bf16";
 };
 
 void run(const GenerateArgs& a) {
@@ -28,6 +30,12 @@ void run(const GenerateArgs& a) {
   if (!(a.top_p > 0 && a.top_p <= 1)) fail("--top-p must be in (0, 1], got ", a.top_p);
   if (a.max_new_tokens < 0) fail("--max-new-tokens must be >= 0");
   if (a.threads > 0) omp_set_num_threads(a.threads);   // else OMP_NUM_THREADS, or all cores
+  if (a.device != "auto" && a.device != "cpu" && a.device != "cuda")
+    fail("--device must be auto, cpu or cuda, got \"", a.device, "\"");
+  if (a.precision != "bf16" && a.precision != "fp32") fail("--precision must be bf16 or fp32, got \"", a.precision, "\"");
+  const bool gpu = a.device == "cuda" || (a.device == "auto" && cuda_device_count() > 0);
+  if (gpu && cuda_device_count() == 0)
+    fail("--device cuda: ", cuda_compiled() ? "no GPU is visible to this machine" : "this build has no CUDA");
   const std::string dir = resolve_checkpoint(a.checkpoint);
   Model model(read_checkpoint_model_config(dir));
   load_checkpoint_weights(dir, model);
@@ -44,22 +52,26 @@ void run(const GenerateArgs& a) {
   std::vector<std::int32_t> prompt(ids.begin(), ids.end());
   if (prompt.empty()) {
     if (eot < 0) fail("--prompt is empty and the tokenizer has no <|endoftext|> to start from");
-    prompt.push_back(eot);
+    prompt = {eot};
   }
-  std::fprintf(stderr, "generate: checkpoint %s, prompt %zu tokens, temperature %g, top-p %g, seed %llu, max %lld new tokens\n",
-               dir.c_str(), prompt.size(), a.temperature, a.top_p, static_cast<unsigned long long>(a.seed),
+  std::fprintf(stderr, "generate: checkpoint %s on %s, prompt %zu tokens, temperature %g, top-p %g, seed %llu, max %lld new tokens\n",
+               dir.c_str(), gpu ? (a.precision == "bf16" ? "the GPU (bf16)" : "the GPU (fp32)") : "the CPU", prompt.size(),
+               a.temperature, a.top_p, static_cast<unsigned long long>(a.seed),
                static_cast<long long>(a.max_new_tokens));
   std::fwrite(a.prompt.data(), 1, a.prompt.size(), stdout);
   std::fflush(stdout);
   Rng rng(a.seed);
   const double start = now_seconds();
-  const GenerateResult r = generate(model, prompt, a.max_new_tokens, {.temperature = a.temperature, .top_p = a.top_p},
-                                    eot, rng, [&](std::int32_t id) {
-                                      const auto u = static_cast<std::uint32_t>(id);
-                                      const std::string bytes = tok.decode_bytes(&u, 1);
-                                      std::fwrite(bytes.data(), 1, bytes.size(), stdout);
-                                      std::fflush(stdout);
-                                    });
+  const SampleOptions sampling{.temperature = a.temperature, .top_p = a.top_p};
+  auto print_token = [&](std::int32_t id) {
+    const auto u = static_cast<std::uint32_t>(id);
+    const std::string bytes = tok.decode_bytes(&u, 1);
+    std::fwrite(bytes.data(), 1, bytes.size(), stdout);
+    std::fflush(stdout);
+  };
+  const GenerateResult r = gpu ? generate_gpu(model, a.precision == "bf16", prompt, a.max_new_tokens, sampling, eot, rng,
+                                              print_token)
+                               : generate(model, prompt, a.max_new_tokens, sampling, eot, rng, print_token);
   const double seconds = now_seconds() - start;
   std::printf("\n");
   std::fflush(stdout);
@@ -81,6 +93,8 @@ void register_generate_command(CLI::App& app) {
   sub->add_option("--top-p", a->top_p, "nucleus sampling: keep the most likely tokens up to this mass")->capture_default_str();
   sub->add_option("--seed", a->seed, "sampling seed")->capture_default_str();
   sub->add_option("--threads", a->threads, "CPU threads (0 = all)")->capture_default_str();
+  sub->add_option("--device", a->device, "auto (the GPU when present), cpu or cuda")->capture_default_str();
+  sub->add_option("--precision", a->precision, "on the GPU: bf16 or fp32")->capture_default_str();
   sub->callback([a]() { run(*a); });
 }
 

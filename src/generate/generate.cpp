@@ -61,21 +61,12 @@ const char* stop_reason_name(StopReason r) {
   return "?";
 }
 
-GenerateResult generate(Model& model, const std::vector<std::int32_t>& prompt, std::int64_t max_new_tokens,
-                        const SampleOptions& opt, std::int32_t stop_id, Rng& rng,
-                        const std::function<void(std::int32_t)>& on_token) {
-  const ModelConfig& c = model.config;
-  const auto P = static_cast<std::int64_t>(prompt.size());
-  if (P == 0) fail("generate: the prompt is empty");
-  if (P > c.context_length) fail("generate: the prompt is ", P, " tokens, longer than the context length ", c.context_length);
-  KvCache cache(c, c.context_length);
+GenerateResult sample_loop(const float* logits, const ModelConfig& c, std::int64_t length, std::int64_t max_new_tokens,
+                           const SampleOptions& opt, std::int32_t stop_id, Rng& rng,
+                           const std::function<void(std::int32_t)>& on_token,
+                           const std::function<const float*(std::int32_t)>& advance) {
   std::vector<std::pair<float, std::int32_t>> scratch;
   GenerateResult result;
-  // prefill: the whole prompt in one pass; then one position per step
-  Activations prefill(c, 1, P, Activations::WithBackward::no);
-  model_forward(prefill, model, prompt.data(), 1, P, &cache);
-  const float* logits = prefill.logits.data();
-  Activations step(c, 1, 1, Activations::WithBackward::no);
   for (;;) {
     if (static_cast<std::int64_t>(result.tokens.size()) >= max_new_tokens) {
       result.stop = StopReason::max_new_tokens;
@@ -88,14 +79,36 @@ GenerateResult generate(Model& model, const std::vector<std::int32_t>& prompt, s
     }
     result.tokens.push_back(next);
     if (on_token) on_token(next);
-    if (cache.length >= c.context_length) {   // no position left to read the new token at
+    if (length >= c.context_length) {   // no position left to read the new token at
       result.stop = StopReason::context_length;
       break;
     }
-    model_forward(step, model, &next, 1, 1, &cache);
-    logits = step.logits.data();
+    logits = advance(next);
+    length += 1;
   }
   return result;
+}
+
+void check_prompt(const ModelConfig& c, std::int64_t P) {
+  if (P == 0) fail("generate: the prompt is empty");
+  if (P > c.context_length) fail("generate: the prompt is ", P, " tokens, longer than the context length ", c.context_length);
+}
+
+GenerateResult generate(Model& model, const std::vector<std::int32_t>& prompt, std::int64_t max_new_tokens,
+                        const SampleOptions& opt, std::int32_t stop_id, Rng& rng,
+                        const std::function<void(std::int32_t)>& on_token) {
+  const ModelConfig& c = model.config;
+  const auto P = static_cast<std::int64_t>(prompt.size());
+  check_prompt(c, P);
+  KvCache cache(c, c.context_length);
+  // prefill: the whole prompt in one pass; then one position per step
+  Activations prefill(c, 1, P, Activations::WithBackward::no);
+  model_forward(prefill, model, prompt.data(), 1, P, &cache);
+  Activations step(c, 1, 1, Activations::WithBackward::no);
+  return sample_loop(prefill.logits.data(), c, P, max_new_tokens, opt, stop_id, rng, on_token, [&](std::int32_t next) {
+    model_forward(step, model, &next, 1, 1, &cache);
+    return static_cast<const float*>(step.logits.data());
+  });
 }
 
 }  // namespace scratchlm

@@ -175,6 +175,7 @@ TrainResult run_training(const TrainConfig& cfg, const std::string& resume_check
   progress.set_initial(state.step);
   const double segment_start = now_seconds();
   double interval_start = segment_start, excluded = 0;   // eval/checkpoint time left out of tokens/s
+  double aside_total = 0;   // all evaluation and checkpoint time of this segment (left out of train_s)
   std::int64_t interval_tokens = 0;
   double tokens_per_s = 0, mfu = 0;
   auto draw_batch = [&] {
@@ -210,7 +211,8 @@ TrainResult run_training(const TrainConfig& cfg, const std::string& resume_check
       interval_tokens = 0;
       metrics.write({{"step", state.step}, {"train_loss", loss}, {"lr", lr}, {"grad_norm", norm},
                      {"tokens", state.tokens_seen}, {"tokens_per_s", tokens_per_s}, {"mfu", mfu},
-                     {"elapsed_s", state.elapsed_s + now - segment_start}});
+                     {"elapsed_s", state.elapsed_s + now - segment_start},
+                     {"train_s", state.elapsed_s + now - segment_start - aside_total}});
     }
     result.final_train_loss = loss;
     progress.set(state.step, "loss " + fmt("%.4f", loss) + "  lr " + fmt("%.2e", lr) + "  gnorm " + fmt("%.3f", norm) +
@@ -221,7 +223,8 @@ TrainResult run_training(const TrainConfig& cfg, const std::string& resume_check
       const double val = evaluate();
       result.final_val_loss = val;
       metrics.write({{"step", state.step}, {"val_loss", val}, {"val_ppl", std::exp(val)},
-                     {"elapsed_s", state.elapsed_s + now_seconds() - segment_start}});
+                     {"elapsed_s", state.elapsed_s + now_seconds() - segment_start},
+                     {"train_s", state.elapsed_s + aside_start - segment_start - aside_total}});
       progress.print("step " + std::to_string(state.step) + ": train loss " + fmt("%.4f", loss) + ", val loss " +
                      fmt("%.4f", val) + " (perplexity " + fmt("%.2f", std::exp(val)) + ")");
     }
@@ -231,6 +234,7 @@ TrainResult run_training(const TrainConfig& cfg, const std::string& resume_check
       progress.print("step " + std::to_string(state.step) + ": checkpoint " + last_checkpoint);
     }
     excluded += now_seconds() - aside_start;
+    aside_total += now_seconds() - aside_start;
     if (stop) {
       progress.print("interrupted: stopped after step " + std::to_string(state.step) + "; continue with --resume " +
                      cfg.out_dir);

@@ -4,8 +4,9 @@
 //   AdamW. Every log_interval steps a metrics record, every eval.interval the validation loss over
 //   fixed windows, every checkpoint.interval a checkpoint, and always at the end.
 // metrics.jsonl in the run directory gets one JSON object per line:
-//   {"step", "train_loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "elapsed_s"} and
-//   {"step", "val_loss", "val_ppl", "elapsed_s"}.
+//   {"step", "train_loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "elapsed_s", "train_s"} and
+//   {"step", "val_loss", "val_ppl", "elapsed_s", "train_s"}; train_s leaves out the time spent in
+//   evaluations and checkpoints (of this process; earlier segments of a resumed run count whole).
 // A NaN or infinite loss or gradient norm stops the run with an Error naming the step and the last
 // good checkpoint; Ctrl-C finishes the current step, saves a checkpoint and stops.
 #pragma once
