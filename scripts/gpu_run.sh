@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Everything GPU in one call of the device tool (the GPU machine; build made here and staged by
 # scripts/stage_device.sh into .device/build.tar.xz, carried as .device):
-#   scripts/gpu_run.sh [tests,bench,parity,profile]     (default: tests,bench,parity)
+#   scripts/gpu_run.sh [tests,bench,parity,profile,ttl]     (default: tests,bench,parity)
 #   tests   PyTorch's own bf16 errors (reference/torch_bf16_errors.py), then the whole ctest suite,
 #           GPU tests included;
 #   bench   bench/train_gpu/run.sh: scratchlm against torch_lm.py (eager, compile), same GPU;
 #   profile the time per part of one step of each benchmark model;
-#   parity  bench/train_gpu/parity.sh: CPU fp32 vs GPU bf16 validation losses on Gutenberg tokens.
+#   parity  bench/train_gpu/parity.sh: CPU fp32 vs GPU bf16 validation losses on Gutenberg tokens;
+#   ttl     bench/train_gpu/time_to_loss.sh: validation loss against training time, ours and torch.compile.
+# parity and ttl need the token files of scripts/prepare_gutenberg.sh in .device/data.
 # Logs and the fixtures written go to $OUT (when set) for the caller to keep.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +35,11 @@ fi
 if [[ ",$what," == *,bench,* ]]; then
   bench/train_gpu/run.sh 2>&1 | tee "$out/bench.log" | tail -12 || status=1
 fi
-if [[ ",$what," == *,parity,* && -x bench/train_gpu/parity.sh ]]; then
-  bench/train_gpu/parity.sh 2>&1 | tee "$out/parity.log" | tail -20 || status=1
+if [[ ",$what," == *,parity,* ]]; then
+  bench/train_gpu/parity.sh 2>&1 | tee "$out/parity.log" | tail -14 || status=1
+  cp runs/parity-cpu/metrics.jsonl "$out/parity_cpu_metrics.jsonl"; cp runs/parity-gpu/metrics.jsonl "$out/parity_gpu_metrics.jsonl"
+fi
+if [[ ",$what," == *,ttl,* ]]; then
+  bench/train_gpu/time_to_loss.sh 2>&1 | tee "$out/ttl.log" | tail -12 || status=1
 fi
 exit $status

@@ -32,9 +32,9 @@ double peer_flops_per_token(const ModelConfig& c) {
 
 int main(int argc, char** argv) {
   try {
-    if (argc < 2) fail("usage: scratchlm_bench_gpu CONFIG.json [--steps N] [--warmup N] [--precision bf16|fp32] [--profile 1]");
+    if (argc < 2) fail("usage: scratchlm_bench_gpu CONFIG.json [--steps N] [--warmup N] [--precision bf16|fp32] [--profile 1] [--recompute 1]");
     int steps = 30, warmup = 8;
-    bool profile = false;
+    bool profile = false, recompute = false;
     std::string precision = "bf16";
     for (int i = 2; i + 1 < argc; i += 2) {
       const std::string flag = argv[i];
@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
       else if (flag == "--warmup") warmup = std::stoi(argv[i + 1]);
       else if (flag == "--precision") precision = argv[i + 1];
       else if (flag == "--profile") profile = std::string(argv[i + 1]) == "1";
+      else if (flag == "--recompute") recompute = std::string(argv[i + 1]) == "1";
       else fail("unknown flag ", flag);
     }
     if (cuda_device_count() == 0) fail("no GPU");
@@ -49,7 +50,7 @@ int main(int argc, char** argv) {
     const ModelConfig c = model_config_from_json(j.at("model"), argv[1]);
     const std::int64_t B = j.at("batch_size"), T = c.context_length, N = B * T;
     GpuModel gpu(c, {.precision = precision == "bf16" ? GpuPrecision::bf16 : GpuPrecision::fp32,
-                     .batch = B, .grad_accum = 1, .with_backward = true});
+                     .batch = B, .grad_accum = 1, .with_backward = true, .recompute = recompute});
     {
       const ParamLayout layout = param_layout(c);
       std::vector<float> params(static_cast<std::size_t>(layout.total));
@@ -92,7 +93,7 @@ int main(int argc, char** argv) {
     const double median = ms[ms.size() / 2];
     const double tokens_per_s = static_cast<double>(N) / (median / 1e3);
     nlohmann::ordered_json out = {
-        {"config", std::string(argv[1])}, {"mode", "scratchlm-" + precision}, {"ms_per_step", median},
+        {"config", std::string(argv[1])}, {"mode", "scratchlm-" + precision + (recompute ? "-recompute" : "")}, {"ms_per_step", median},
         {"ms_per_step_mean", total_ms / steps}, {"tokens_per_s", std::round(tokens_per_s)},
         {"mfu_vs_989", peer_flops_per_token(c) * tokens_per_s / 989e12}, {"loss", loss},
         {"max_mem_gb", static_cast<double>(gpu_buffer_peak_bytes()) / (1ull << 30)},

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU training throughput, side by side in one run on one GPU: scratchlm (bf16) against the PyTorch
+# GPU training throughput, side by side in one run on one GPU: scratchlm (bf16; 3 runs, and one with
+# recomputation of the feed-forward activations) against the PyTorch
 # peer torch_lm.py (eager bf16 and torch.compile bf16, fused AdamW), same model, batch, optimizer.
 #   bench/train_gpu/run.sh [CONFIGS]          CONFIGS: comma list, default ts-17M,gpt2s-124M
 # BENCH_BUILD selects the build (default build); TORCH_PYTHON the peer's python (default python3,
@@ -14,6 +15,7 @@ for c in ${configs//,/ }; do
   for rep in 1 2 3; do
     "$build/scratchlm_bench_gpu" "bench/train_gpu/configs/$c.json" --steps 30 | sed "s|\"config\":\"[^\"]*\"|\"config\":\"$c\"|" | tee -a "$out"
   done
+  "$build/scratchlm_bench_gpu" "bench/train_gpu/configs/$c.json" --steps 30 --recompute 1 | sed "s|\"config\":\"[^\"]*\"|\"config\":\"$c\"|" | tee -a "$out"
   PYTHONUNBUFFERED=1 "$python" bench/train_gpu/torch_lm.py --configs "$c" --modes eager-bf16,compile-bf16 2>/dev/null | tee -a "$out"
 done
 "$python" - "$out" <<'PY'

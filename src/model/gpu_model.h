@@ -27,6 +27,9 @@ struct GpuModelOptions {
   std::int64_t batch = 1;         // sequences per micro-batch the buffers hold (B)
   std::int64_t grad_accum = 1;    // micro-batches per training step
   bool with_backward = true;      // false: forward buffers only (generation, evaluation)
+  // Keep no feed-forward hidden activations per layer (3·F of the layer's 6·C + 3·F values per
+  // token); backward recomputes them (two more matrix products per layer, ~+8% FLOPs at F = 8/3·C).
+  bool recompute = false;
 };
 
 class GpuModel {

@@ -14,7 +14,8 @@
 //   "eval": {"interval": 100, "batches": 10},
 //   "checkpoint": {"interval": 500 (0 = only at the end), "keep": 3 (0 = all)},
 //   "log_interval": 10,   "out_dir": "runs/train",   "peak_flops": 0 (0 = measure sgemm / GPU default),
-//   "device": "auto" (cuda when a GPU is present, else cpu),   "precision": "bf16" (GPU only)
+//   "device": "auto" (cuda when a GPU is present, else cpu),   "precision": "bf16" (GPU only),
+//   "recompute": false (GPU only)
 // }
 #pragma once
 
@@ -46,7 +47,8 @@ struct TrainConfig {
   std::string out_dir = "runs/train";
   double peak_flops = 0;
   TrainDevice device = TrainDevice::cpu;
-  bool bf16 = true;   // GPU working precision (the CPU path is fp32)
+  bool bf16 = true;         // GPU working precision (the CPU path is fp32)
+  bool recompute = false;   // GPU: recompute the feed-forward activations in backward
 
   nlohmann::ordered_json json;   // the effective configuration, as printed and saved
 };

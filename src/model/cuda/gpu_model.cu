@@ -33,6 +33,13 @@ struct PinnedBuffer {
   PinnedBuffer(const PinnedBuffer&) = delete;
 };
 
+// The feed-forward's hidden activations, (N, F) T each: a = W1 ln2, b = W3 ln2, h = silu(a) ⊙ b.
+// The largest activations of a layer; with recomputation one set serves every layer and backward
+// recomputes a layer's set from its ln2 before using it.
+struct FfnBuffers {
+  GpuBuffer a, b, h;
+};
+
 // One layer's saved activations. Lifetimes: written by forward, read by backward of the same pass.
 struct LayerBuffers {
   GpuBuffer ln1;    // (N, C) T   rmsnorm1(x_in)
@@ -42,7 +49,7 @@ struct LayerBuffers {
   GpuBuffer lse;    // (B, H, T) f32
   GpuBuffer ln2;    // (N, C) T
   GpuBuffer rstd2;  // (N) f32
-  GpuBuffer a, b, h;   // (N, F) T  w1 x, w3 x, silu(a) ⊙ b
+  FfnBuffers ffn;   // empty with recomputation: the layers share Impl::ffn_shared
 };
 
 }  // namespace
@@ -65,6 +72,7 @@ struct GpuModel::Impl {
   // resid[2L] the final residual stream. All (N, C) f32.
   std::vector<GpuBuffer> resid;
   std::vector<LayerBuffers> layers;
+  FfnBuffers ffn_shared;   // with recomputation
   GpuBuffer ln_final, rstd_final, logits, losses;   // (N, C) T, (N), (N, V) T, (N)
   // Backward scratch, live only inside one backward pass.
   GpuBuffer dresid;      // (N, C) f32  gradient of the residual stream
@@ -132,6 +140,24 @@ const T* weight(const GpuModel::Impl& m, std::size_t spec) {
 template <typename T>
 T* buf(const GpuBuffer& b) { return b.as<T>(); }
 
+FfnBuffers& ffn_of(GpuModel::Impl& m, std::int64_t l) { return m.o.recompute ? m.ffn_shared : m.layers[l].ffn; }
+
+// The feed-forward's up projections and gate for layer l: a, b, h from ln2 (forward, and backward
+// when recomputing).
+template <typename T>
+void ffn_up(GpuModel::Impl& m, std::int64_t l, std::int64_t N) {
+  const std::int64_t C = m.c.d_model, F = m.c.d_ff;
+  const LayerBuffers& a = m.layers[l];
+  FfnBuffers& f = ffn_of(m, l);
+  gemm(m.gemm, buf<T>(f.a), buf<T>(a.ln2), weight<T>(m, SpecIndex::layer(l, kW1)), linear_shape(N, C, F), 1.0f, 0.0f,
+       m.stream);
+  gemm(m.gemm, buf<T>(f.b), buf<T>(a.ln2), weight<T>(m, SpecIndex::layer(l, kW3)), linear_shape(N, C, F), 1.0f, 0.0f,
+       m.stream);
+  mark(m, "matmul w1 w3 forward");
+  swiglu_forward_cuda(buf<T>(f.h), buf<T>(f.a), buf<T>(f.b), N * F, m.stream);
+  mark(m, "swiglu forward");
+}
+
 // Forward over ids (B, T) into the activation buffers, then the classifier: losses (N) and, when
 // grad_scale != 0, dlogits over the logits.
 template <typename T>
@@ -173,14 +199,8 @@ void forward(GpuModel::Impl& m, const std::int32_t* ids, const std::int32_t* tar
     rmsnorm_forward_cuda(buf<T>(a.ln2), buf<float>(a.rstd2), x_mid, m.at(m.params, SpecIndex::layer(l, kLn2)), N, C,
                          s);
     mark(m, "rmsnorm forward");
-    gemm(m.gemm, buf<T>(a.a), buf<T>(a.ln2), weight<T>(m, SpecIndex::layer(l, kW1)), linear_shape(N, C, F), 1.0f,
-         0.0f, s);
-    gemm(m.gemm, buf<T>(a.b), buf<T>(a.ln2), weight<T>(m, SpecIndex::layer(l, kW3)), linear_shape(N, C, F), 1.0f,
-         0.0f, s);
-    mark(m, "matmul w1 w3 forward");
-    swiglu_forward_cuda(buf<T>(a.h), buf<T>(a.a), buf<T>(a.b), N * F, s);
-    mark(m, "swiglu forward");
-    gemm(m.gemm, x_out, buf<T>(a.h), weight<T>(m, SpecIndex::layer(l, kW2)), linear_shape(N, F, C), 1.0f, 1.0f, s,
+    ffn_up<T>(m, l, N);
+    gemm(m.gemm, x_out, buf<T>(ffn_of(m, l).h), weight<T>(m, SpecIndex::layer(l, kW2)), linear_shape(N, F, C), 1.0f, 1.0f, s,
          static_cast<const float*>(x_mid));
     mark(m, "matmul w2 forward");
   }
@@ -228,11 +248,13 @@ void backward(GpuModel::Impl& m, const TokenGroups& groups, std::int64_t B, std:
   for (std::int64_t l = L; l-- > 0;) {
     LayerBuffers& a = m.layers[l];
     // feed-forward sublayer; dresid holds dL/dx_out
+    if (m.o.recompute) ffn_up<T>(m, l, N);   // a, b, h of this layer again
+    const FfnBuffers& f = ffn_of(m, l);
     gemm(m.gemm, buf<T>(m.dh), dres_in, weight<T>(m, SpecIndex::layer(l, kW2)), linear_dx_shape(N, F, C), 1.0f, 0.0f,
          s);
-    gemm(m.gemm, g(SpecIndex::layer(l, kW2)), dres_in, buf<T>(a.h), linear_dw_shape(N, F, C), 1.0f, 1.0f, s);
+    gemm(m.gemm, g(SpecIndex::layer(l, kW2)), dres_in, buf<T>(f.h), linear_dw_shape(N, F, C), 1.0f, 1.0f, s);
     mark(m, "matmul w2 backward");
-    swiglu_backward_cuda(buf<T>(m.da), buf<T>(m.db), buf<T>(m.dh), buf<T>(a.a), buf<T>(a.b), N * F, s);
+    swiglu_backward_cuda(buf<T>(m.da), buf<T>(m.db), buf<T>(m.dh), buf<T>(f.a), buf<T>(f.b), N * F, s);
     mark(m, "swiglu backward");
     gemm(m.gemm, dln, buf<T>(m.da), weight<T>(m, SpecIndex::layer(l, kW1)), linear_dx_shape(N, C, F), 1.0f, 0.0f, s);
     gemm(m.gemm, dln, buf<T>(m.db), weight<T>(m, SpecIndex::layer(l, kW3)), linear_dx_shape(N, C, F), 1.0f, 1.0f, s);
@@ -366,10 +388,9 @@ GpuModel::GpuModel(const ModelConfig& c, const GpuModelOptions& o) : impl_(std::
     a.lse = GpuBuffer(B * H * T_ * 4);
     a.ln2 = GpuBuffer(N * C * e);
     a.rstd2 = GpuBuffer(N * 4);
-    a.a = GpuBuffer(N * F * e);
-    a.b = GpuBuffer(N * F * e);
-    a.h = GpuBuffer(N * F * e);
+    if (!o.recompute) a.ffn = {GpuBuffer(N * F * e), GpuBuffer(N * F * e), GpuBuffer(N * F * e)};
   }
+  if (o.recompute) m.ffn_shared = {GpuBuffer(N * F * e), GpuBuffer(N * F * e), GpuBuffer(N * F * e)};
   m.ln_final = GpuBuffer(N * C * e);
   m.rstd_final = GpuBuffer(N * 4);
   m.logits = GpuBuffer(N * V * e);
@@ -593,7 +614,8 @@ std::string GpuModel::memory_plan() const {
   double saved = 0;
   for (const GpuBuffer& r : m.resid) saved += static_cast<double>(r.bytes());
   for (const LayerBuffers& a : m.layers)
-    saved += sum({&a.ln1, &a.rstd1, &a.qkv, &a.attn, &a.lse, &a.ln2, &a.rstd2, &a.a, &a.b, &a.h});
+    saved += sum({&a.ln1, &a.rstd1, &a.qkv, &a.attn, &a.lse, &a.ln2, &a.rstd2, &a.ffn.a, &a.ffn.b, &a.ffn.h});
+  saved += sum({&m.ffn_shared.a, &m.ffn_shared.b, &m.ffn_shared.h});
   saved += sum({&m.ln_final, &m.rstd_final, &m.losses});
   const double scratch = sum({&m.dresid, &m.dresid_t, &m.dln, &m.dattn, &m.dqkv, &m.dh, &m.da, &m.db, &m.delta,
                               &m.norm_partials});
@@ -604,7 +626,8 @@ std::string GpuModel::memory_plan() const {
              human_bytes(static_cast<double>(m.m.bytes() + m.v.bytes())), "\n  activations saved for backward ",
              human_bytes(saved), ", logits ", human_bytes(static_cast<double>(m.logits.bytes())),
              ", backward scratch ", human_bytes(scratch), " (batch ", m.o.batch, " x ", m.c.context_length,
-             ", grad_accum ", m.o.grad_accum, ")\n  total ", human_bytes(static_cast<double>(gpu_buffer_bytes())),
+             ", grad_accum ", m.o.grad_accum, m.o.recompute ? ", feed-forward recomputed in backward" : "",
+             ")\n  total ", human_bytes(static_cast<double>(gpu_buffer_bytes())),
              " in scratchlm's buffers, plus cuBLASLt's 32 MiB workspace");
 }
 

@@ -20,7 +20,8 @@ class CudaEngine final : public TrainEngine {
         gpu_(cfg.model, {.precision = cfg.bf16 ? GpuPrecision::bf16 : GpuPrecision::fp32,
                          .batch = cfg.batch_size,
                          .grad_accum = cfg.grad_accum,
-                         .with_backward = true}) {
+                         .with_backward = true,
+                         .recompute = cfg.recompute}) {
     gpu_.set_params(model.params.data());
     gpu_.set_optimizer_state(adam.m.data(), adam.v.data());
     opt_ = {.lr_max = cfg.lr_max, .lr_min = cfg.lr_min, .warmup = cfg.warmup, .cycle = cfg.cycle,
