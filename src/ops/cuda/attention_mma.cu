@@ -40,6 +40,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -57,31 +58,13 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRowsPerWarp = 16;                         // the m of m16n8k16
 constexpr int kPad = 8;                                  // bf16 of padding per shared-memory row
-constexpr int kBlockQ = kWarps * kRowsPerWarp;           // 64 queries (forward, dQ) or keys (dK dV)
+constexpr int kMinTileRows = kWarps * kRowsPerWarp;      // the smallest tile along T (one m-tile per warp)
 // Occupancy hint for ptxas. With 2 blocks per SM it may use up to 255 registers, which every kernel
 // here needs (up to ~250 for D = 128) to keep its fragments and accumulators without spilling;
 // without a hint ptxas chose 128 registers for the D = 32 dQ kernel and spilled.
 constexpr int kMinBlocksPerSm = 2;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kInf = std::numeric_limits<float>::infinity();
-
-// Tile sizes per head dimension. Registers per thread grow with D (the fp32 accumulators are
-// 16 × D per warp, D/2 per thread), so D = 128 shortens the loop-tile of the backward kernels to
-// keep S, dP and the accumulators under 255 registers without spilling.
-template <int D>
-struct MmaTiles;
-template <>
-struct MmaTiles<32> {
-  static constexpr int forward_keys = 64, dq_keys = 64, dkdv_queries = 64;
-};
-template <>
-struct MmaTiles<64> {
-  static constexpr int forward_keys = 64, dq_keys = 64, dkdv_queries = 64;
-};
-template <>
-struct MmaTiles<128> {
-  static constexpr int forward_keys = 64, dq_keys = 32, dkdv_queries = 32;
-};
 
 // ---- PTX wrappers ----------------------------------------------------------------------------
 // The "memory" clobbers keep the compiler from moving ordinary shared-memory accesses across them;
@@ -288,31 +271,36 @@ __device__ __forceinline__ void stage_accumulator(bf16* tile, int row0, const fl
 
 // ---- forward -----------------------------------------------------------------------------------
 
-// grid (B·H, ceil(T / 64)); block 128 = 4 warps × 16 query rows. Query tiles run in reverse
-// blockIdx.y order so the longest (last) tiles are scheduled first.
-// Shared: sQ (64, D+8) | sK 2 × (kBlockN, D+8) | sV 2 × (kBlockN, D+8), bf16.
-template <int D, int kBlockN>
+// grid (B·H, ceil(T / kBlockM)); block 128 = 4 warps × 16·kMT query rows (kMT m-tiles of 16 per
+// warp: every K or V fragment read from shared memory feeds kMT mmas). Query tiles run in reverse
+// blockIdx.y order so the longest (last) tiles are scheduled first. A warp skips key tiles that lie
+// wholly after its last query (they would be fully masked).
+// Shared: sQ (kBlockM, D+8) | sK 2 × (kBlockN, D+8) | sV 2 × (kBlockN, D+8), bf16.
+// kQInRegs: keep the warp's Q fragments in registers; else re-read them from sQ each key tile.
+template <int D, int kMT, int kBlockN, bool kQInRegs>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     attention_forward_mma_kernel(bf16* __restrict__ out,          // (B, T, H, D)
                                  float* __restrict__ lse,         // (B, H, T)
                                  const bf16* __restrict__ qkv,    // (B, T, 3, H, D)
                                  int T, int H, float scale) {
   constexpr int kStride = D + kPad;
-  constexpr int kNB = kBlockN / 8;   // n-blocks of S per warp: S is 16 × kBlockN
-  constexpr int kDB = D / 8;         // n-blocks of O per warp: O is 16 × D
+  constexpr int kWarpRows = kMT * kRowsPerWarp;
+  constexpr int kBlockM = kWarps * kWarpRows;
+  constexpr int kNB = kBlockN / 8;   // n-blocks of S per m-tile: S is 16 × kBlockN
+  constexpr int kDB = D / 8;         // n-blocks of O per m-tile: O is 16 × D
   constexpr int kDK = D / 16;        // k-steps of Q Kᵀ
   static_assert(kBlockN % 16 == 0 && D % 16 == 0);
 
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* sQ = reinterpret_cast<bf16*>(smem);
-  bf16* sK = sQ + kBlockQ * kStride;
+  bf16* sK = sQ + kBlockM * kStride;
   bf16* sV = sK + 2 * kBlockN * kStride;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
   const int bh = blockIdx.x, b = bh / H, h = bh % H;
-  const int q0 = (gridDim.y - 1 - blockIdx.y) * kBlockQ;   // first query of the block
-  const int qw0 = q0 + warp * kRowsPerWarp;                 // first query of this warp
+  const int q0 = (gridDim.y - 1 - blockIdx.y) * kBlockM;   // first query of the block
+  const int qw0 = q0 + warp * kWarpRows;                    // first query of this warp
   const int C = H * D;
   const std::int64_t row_stride = 3 * static_cast<std::int64_t>(C);
   const bf16* q_base = qkv + static_cast<std::int64_t>(b) * T * row_stride + h * D;
@@ -320,24 +308,33 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   const bf16* v_base = q_base + 2 * C;
 
   // Key tiles 0..n_tiles-1: up to the one holding the block's last query (or the last key).
-  const int n_tiles = min(q0 + kBlockQ - 1, T - 1) / kBlockN + 1;
+  const int n_tiles = min(q0 + kBlockM - 1, T - 1) / kBlockN + 1;
 
-  load_rows_async<kBlockQ, D>(sQ, q_base, row_stride, q0, T, tid);
+  load_rows_async<kBlockM, D>(sQ, q_base, row_stride, q0, T, tid);
   load_rows_async<kBlockN, D>(sK, k_base, row_stride, 0, T, tid);
   load_rows_async<kBlockN, D>(sV, v_base, row_stride, 0, T, tid);
   cp_async_commit();
   cp_async_wait_all();
   __syncthreads();
 
-  // This warp's 16 query rows as A fragments, one per k-step of 16 along D.
-  std::uint32_t q_frag[kDK][4];
+  const std::uint32_t q_tile = smem_addr(sQ);
+  std::uint32_t q_frag[kQInRegs ? kMT : 1][kQInRegs ? kDK : 1][4];
+  if constexpr (kQInRegs) {
 #pragma unroll
-  for (int kk = 0; kk < kDK; ++kk) load_a_frag<kStride>(q_frag[kk], smem_addr(sQ), warp * kRowsPerWarp, kk * 16, lane);
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int kk = 0; kk < kDK; ++kk)
+        load_a_frag<kStride>(q_frag[mt][kk], q_tile, warp * kWarpRows + mt * 16, kk * 16, lane);
+  }
 
-  // Each thread holds two rows: r = 0 is row g of the warp, r = 1 is row g + 8.
-  float o[kDB][4] = {};                       // O accumulator, unnormalised
-  float row_max[2] = {-kInf, -kInf};          // running max of raw Q·K (unscaled), full row
-  float row_sum[2] = {0.f, 0.f};              // running sum of P, this thread's columns only
+  // Each thread holds two rows per m-tile: r = 0 is row g of the m-tile, r = 1 is row g + 8.
+  float o[kMT][kDB][4] = {};                  // O accumulator, unnormalised
+  float row_max[kMT][2], row_sum[kMT][2];     // running max of raw Q·K (full row); sum of P (own cols)
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+    row_max[mt][0] = row_max[mt][1] = -kInf;
+    row_sum[mt][0] = row_sum[mt][1] = 0.f;
+  }
   const float scale_log2 = scale * kLog2e;    // exp(scale·x) = exp2(scale_log2·x)
 
   for (int n = 0; n < n_tiles; ++n) {
@@ -353,90 +350,138 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     const std::uint32_t v_tile = smem_addr(sV + (n % 2) * kBlockN * kStride);
     const int n0 = n * kBlockN;
 
-    // S = Q Kᵀ, 16 × kBlockN: s[j][e] is row g + 8·(e/2), key n0 + 8j + 2t + e%2.
-    float s[kNB][4] = {};
-    mma_a_regs_times_tile_t<kStride, kNB, kDK>(s, q_frag, k_tile, lane);
+    if (n0 <= qw0 + kWarpRows - 1) {   // warp-uniform: some key of the tile is visible to the warp
+      // S = Q Kᵀ: s[mt][j][e] is row mt·16 + g + 8·(e/2), key n0 + 8j + 2t + e%2.
+      float s[kMT][kNB][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < kDK; ++kk) {
+        std::uint32_t a[kMT][4];
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          if constexpr (kQInRegs) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) a[mt][i] = q_frag[mt][kk][i];
+          } else {
+            load_a_frag<kStride>(a[mt], q_tile, warp * kWarpRows + mt * 16, kk * 16, lane);
+          }
+        }
+#pragma unroll
+        for (int nb = 0; nb < kNB; nb += 2) {
+          std::uint32_t bk[4];
+          load_b_frag_rows_are_n<kStride>(bk, k_tile, nb * 8, kk * 16, lane);
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            mma_bf16_16816(s[mt][nb], a[mt], bk[0], bk[1]);
+            mma_bf16_16816(s[mt][nb + 1], a[mt], bk[2], bk[3]);
+          }
+        }
+      }
 
-    // Causal mask, only on tiles whose last key is past this warp's first query. Keys at or past T
-    // lie after every real query, so this also hides the zero-filled tail of the last tile.
-    if (n0 + kBlockN - 1 > qw0) {
+      // Causal mask, only on tiles whose last key is past this warp's first query. Keys at or past
+      // T lie after every real query, so this also hides the zero-filled tail of the last tile.
+      if (n0 + kBlockN - 1 > qw0) {
 #pragma unroll
-      for (int j = 0; j < kNB; ++j) {
+        for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = n0 + j * 8 + 2 * t + (e % 2);
-          const int query = qw0 + g + 8 * (e / 2);
-          if (key > query) s[j][e] = -kInf;
+          for (int j = 0; j < kNB; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int key = n0 + j * 8 + 2 * t + (e % 2);
+              const int query = qw0 + mt * 16 + g + 8 * (e / 2);
+              if (key > query) s[mt][j][e] = -kInf;
+            }
+      }
+
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        // Online softmax. New row max over the 4 lanes of a quad (they share rows g and g+8).
+        float new_max[2] = {row_max[mt][0], row_max[mt][1]};
+#pragma unroll
+        for (int j = 0; j < kNB; ++j) {
+          new_max[0] = fmaxf(new_max[0], fmaxf(s[mt][j][0], s[mt][j][1]));
+          new_max[1] = fmaxf(new_max[1], fmaxf(s[mt][j][2], s[mt][j][3]));
+        }
+        float max_scaled[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          new_max[r] = fmaxf(new_max[r], __shfl_xor_sync(0xffffffffu, new_max[r], 1));
+          new_max[r] = fmaxf(new_max[r], __shfl_xor_sync(0xffffffffu, new_max[r], 2));
+          // A row with no visible key so far keeps max -inf; subtract 0 then so exp2 gives 0, not
+          // NaN. (Cannot happen for causal rows, which always see key 0 in tile 0; kept as a guard.)
+          max_scaled[r] = new_max[r] == -kInf ? 0.f : new_max[r] * scale_log2;
+          const float alpha = exp2f(row_max[mt][r] * scale_log2 - max_scaled[r]);   // rescales old terms
+          row_max[mt][r] = new_max[r];
+          row_sum[mt][r] *= alpha;
+#pragma unroll
+          for (int db = 0; db < kDB; ++db) {
+            o[mt][db][2 * r] *= alpha;
+            o[mt][db][2 * r + 1] *= alpha;
+          }
+        }
+        // P = exp(scale·(S − max)), in place; the sum uses fp32 P, the mma below its bf16 rounding.
+#pragma unroll
+        for (int j = 0; j < kNB; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            s[mt][j][e] = exp2f(fmaf(s[mt][j][e], scale_log2, -max_scaled[e / 2]));
+            row_sum[mt][e / 2] += s[mt][j][e];
+          }
+        }
+      }
+
+      // O += P V: P (16 × kBlockN per m-tile) as A fragments, V (kBlockN × D) as B.
+#pragma unroll
+      for (int kk = 0; kk < kNB / 2; ++kk) {
+        std::uint32_t a[kMT][4];
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) c_pair_to_a_frag(a[mt], s[mt][2 * kk], s[mt][2 * kk + 1]);
+#pragma unroll
+        for (int db = 0; db < kDB; db += 2) {
+          std::uint32_t bv[4];
+          load_b_frag_rows_are_k<kStride>(bv, v_tile, kk * 16, db * 8, lane);
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            mma_bf16_16816(o[mt][db], a[mt], bv[0], bv[1]);
+            mma_bf16_16816(o[mt][db + 1], a[mt], bv[2], bv[3]);
+          }
         }
       }
     }
-
-    // Online softmax. New row max over the 4 lanes of a quad (they share rows g and g+8).
-    float new_max[2] = {row_max[0], row_max[1]};
-#pragma unroll
-    for (int j = 0; j < kNB; ++j) {
-      new_max[0] = fmaxf(new_max[0], fmaxf(s[j][0], s[j][1]));
-      new_max[1] = fmaxf(new_max[1], fmaxf(s[j][2], s[j][3]));
-    }
-    float max_scaled[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      new_max[r] = fmaxf(new_max[r], __shfl_xor_sync(0xffffffffu, new_max[r], 1));
-      new_max[r] = fmaxf(new_max[r], __shfl_xor_sync(0xffffffffu, new_max[r], 2));
-      // A row with no visible key so far keeps max -inf; subtract 0 then so exp2 gives 0, not NaN.
-      // (Cannot happen for causal rows, which always see key 0 in tile 0; kept as a guard.)
-      max_scaled[r] = new_max[r] == -kInf ? 0.f : new_max[r] * scale_log2;
-      const float alpha = exp2f(row_max[r] * scale_log2 - max_scaled[r]);   // rescales the old terms
-      row_max[r] = new_max[r];
-      row_sum[r] *= alpha;
-#pragma unroll
-      for (int db = 0; db < kDB; ++db) {
-        o[db][2 * r] *= alpha;
-        o[db][2 * r + 1] *= alpha;
-      }
-    }
-    // P = exp(scale·(S − max)), in place; the sum uses fp32 P, the mma below its bf16 rounding.
-#pragma unroll
-    for (int j = 0; j < kNB; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[j][e] = exp2f(fmaf(s[j][e], scale_log2, -max_scaled[e / 2]));
-        row_sum[e / 2] += s[j][e];
-      }
-    }
-
-    // O += P V: P (16 × kBlockN) as A fragments, V (kBlockN × D) as B.
-    mma_c_regs_times_tile<kStride, kDB, kNB>(o, s, v_tile, lane);
 
     // Tile n+1 has landed and every warp is done with buffer n % 2.
     cp_async_wait_all();
     __syncthreads();
   }
 
-  // Full row sums (quad reduction), then out = O / l and lse = scale·max + log l.
-  float inv_sum[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float l = row_sum[r];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    inv_sum[r] = l > 0.f ? 1.f / l : 0.f;
-    const int query = qw0 + g + 8 * r;
-    if (t == 0 && query < T) lse[static_cast<std::int64_t>(bh) * T + query] = row_max[r] * scale + logf(l);
-  }
-#pragma unroll
-  for (int db = 0; db < kDB; ++db) {
-    o[db][0] *= inv_sum[0];
-    o[db][1] *= inv_sum[0];
-    o[db][2] *= inv_sum[1];
-    o[db][3] *= inv_sum[1];
-  }
-  // Stage through this warp's own rows of sQ (only this warp ever read them), then whole-row stores.
-  stage_accumulator<D>(sQ, warp * kRowsPerWarp, o, 1.f, lane);
-  __syncwarp();
+  // Full row sums (quad reduction), then out = O / l and lse = scale·max + log l, staged through
+  // this warp's own rows of sQ (only this warp ever read them), then whole-row stores.
   const std::int64_t out_stride = static_cast<std::int64_t>(C);   // (B, T, H, D): rows of H·D
-  store_warp_rows<D>(out + static_cast<std::int64_t>(b) * T * out_stride + h * D, out_stride,
-                     sQ + warp * kRowsPerWarp * kStride, qw0, T, lane);
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+    float inv_sum[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float l = row_sum[mt][r];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      inv_sum[r] = l > 0.f ? 1.f / l : 0.f;
+      const int query = qw0 + mt * 16 + g + 8 * r;
+      if (t == 0 && query < T) lse[static_cast<std::int64_t>(bh) * T + query] = row_max[mt][r] * scale + logf(l);
+    }
+#pragma unroll
+    for (int db = 0; db < kDB; ++db) {
+      o[mt][db][0] *= inv_sum[0];
+      o[mt][db][1] *= inv_sum[0];
+      o[mt][db][2] *= inv_sum[1];
+      o[mt][db][3] *= inv_sum[1];
+    }
+    stage_accumulator<D>(sQ, warp * kWarpRows + mt * 16, o[mt], 1.f, lane);
+  }
+  __syncwarp();
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+    store_warp_rows<D>(out + static_cast<std::int64_t>(b) * T * out_stride + h * D, out_stride,
+                       sQ + (warp * kWarpRows + mt * 16) * kStride, qw0 + mt * 16, T, lane);
 }
 
 // ---- backward ----------------------------------------------------------------------------------
@@ -478,10 +523,12 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-// dQ = scale · dS K, dS = P ⊙ (dO Vᵀ − delta), P = exp(scale·Q Kᵀ − lse), for 64 queries.
-// grid (B·H, ceil(T / 64)), reversed like the forward; block 128 = 4 warps × 16 query rows.
-// Shared: sQ (64, D+8) | sdO (64, D+8) | sK 2 × (kBlockN, D+8) | sV 2 × (kBlockN, D+8), bf16.
-template <int D, int kBlockN>
+// dQ = scale · dS K, dS = P ⊙ (dO Vᵀ − delta), P = exp(scale·Q Kᵀ − lse), for kBlockM queries.
+// grid (B·H, ceil(T / kBlockM)), reversed like the forward; block 128 = 4 warps × 16·kMT query rows.
+// dP is computed kChunk key columns at a time (all of the warp's dO fragments stay in registers),
+// turned into dS in place of P right away, so only kChunk n-blocks of dP are live at once.
+// Shared: sQ (kBlockM, D+8) | sdO (kBlockM, D+8) | sK 2 × (kBlockN, D+8) | sV 2 × (kBlockN, D+8).
+template <int D, int kMT, int kBlockN, int kChunk>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     attention_backward_dq_mma_kernel(bf16* __restrict__ dqkv,          // (B, T, 3, H, D), q part written
                                      const bf16* __restrict__ dout,    // (B, T, H, D)
@@ -490,22 +537,24 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
                                      const float* __restrict__ delta,  // (B, H, T)
                                      int T, int H, float scale) {
   constexpr int kStride = D + kPad;
-  constexpr int kNB = kBlockN / 8;   // S, dP are 16 × kBlockN per warp
-  constexpr int kDB = D / 8;         // dQ is 16 × D per warp
+  constexpr int kWarpRows = kMT * kRowsPerWarp;
+  constexpr int kBlockM = kWarps * kWarpRows;
+  constexpr int kNB = kBlockN / 8;   // S, dP are 16 × kBlockN per m-tile
+  constexpr int kDB = D / 8;         // dQ is 16 × D per m-tile
   constexpr int kDK = D / 16;
-  static_assert(kBlockN % 16 == 0 && D % 16 == 0);
+  static_assert(kBlockN % 16 == 0 && D % 16 == 0 && kChunk % 2 == 0 && kNB % kChunk == 0);
 
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* sQ = reinterpret_cast<bf16*>(smem);
-  bf16* sdO = sQ + kBlockQ * kStride;
-  bf16* sK = sdO + kBlockQ * kStride;
+  bf16* sdO = sQ + kBlockM * kStride;
+  bf16* sK = sdO + kBlockM * kStride;
   bf16* sV = sK + 2 * kBlockN * kStride;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
   const int bh = blockIdx.x, b = bh / H, h = bh % H;
-  const int q0 = (gridDim.y - 1 - blockIdx.y) * kBlockQ;
-  const int qw0 = q0 + warp * kRowsPerWarp;
+  const int q0 = (gridDim.y - 1 - blockIdx.y) * kBlockM;
+  const int qw0 = q0 + warp * kWarpRows;
   const int C = H * D;
   const std::int64_t row_stride = 3 * static_cast<std::int64_t>(C);
   const std::int64_t seq_offset = static_cast<std::int64_t>(b) * T * row_stride + h * D;
@@ -513,36 +562,40 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   const bf16* k_base = q_base + C;
   const bf16* v_base = q_base + 2 * C;
   const bf16* do_base = dout + static_cast<std::int64_t>(b) * T * C + h * D;
-  const int n_tiles = min(q0 + kBlockQ - 1, T - 1) / kBlockN + 1;
+  const int n_tiles = min(q0 + kBlockM - 1, T - 1) / kBlockN + 1;
 
-  load_rows_async<kBlockQ, D>(sQ, q_base, row_stride, q0, T, tid);
-  load_rows_async<kBlockQ, D>(sdO, do_base, C, q0, T, tid);
+  load_rows_async<kBlockM, D>(sQ, q_base, row_stride, q0, T, tid);
+  load_rows_async<kBlockM, D>(sdO, do_base, C, q0, T, tid);
   load_rows_async<kBlockN, D>(sK, k_base, row_stride, 0, T, tid);
   load_rows_async<kBlockN, D>(sV, v_base, row_stride, 0, T, tid);
   cp_async_commit();
 
-  // Per-row statistics of rows g and g+8, in log2 units for exp2. Rows past T: 0 (their Q and dO
-  // are zero, so P = 1 and dS = 0 there; those rows are never written).
-  float lse_log2[2], row_delta[2];
+  // Per-row statistics of rows g and g+8 of each m-tile, in log2 units for exp2. Rows past T: 0
+  // (their Q and dO are zero, so P = 1 and dS = 0 there; those rows are never written).
+  float lse_log2[kMT][2], row_delta[kMT][2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int query = qw0 + g + 8 * r;
-    const std::int64_t i = static_cast<std::int64_t>(bh) * T + query;
-    lse_log2[r] = query < T ? lse[i] * kLog2e : 0.f;
-    row_delta[r] = query < T ? delta[i] : 0.f;
-  }
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int query = qw0 + mt * 16 + g + 8 * r;
+      const std::int64_t i = static_cast<std::int64_t>(bh) * T + query;
+      lse_log2[mt][r] = query < T ? lse[i] * kLog2e : 0.f;
+      row_delta[mt][r] = query < T ? delta[i] : 0.f;
+    }
 
   cp_async_wait_all();
   __syncthreads();
 
-  std::uint32_t q_frag[kDK][4], do_frag[kDK][4];
+  std::uint32_t q_frag[kMT][kDK][4], do_frag[kMT][kDK][4];
 #pragma unroll
-  for (int kk = 0; kk < kDK; ++kk) {
-    load_a_frag<kStride>(q_frag[kk], smem_addr(sQ), warp * kRowsPerWarp, kk * 16, lane);
-    load_a_frag<kStride>(do_frag[kk], smem_addr(sdO), warp * kRowsPerWarp, kk * 16, lane);
-  }
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int kk = 0; kk < kDK; ++kk) {
+      load_a_frag<kStride>(q_frag[mt][kk], smem_addr(sQ), warp * kWarpRows + mt * 16, kk * 16, lane);
+      load_a_frag<kStride>(do_frag[mt][kk], smem_addr(sdO), warp * kWarpRows + mt * 16, kk * 16, lane);
+    }
 
-  float dq[kDB][4] = {};
+  float dq[kMT][kDB][4] = {};
   const float scale_log2 = scale * kLog2e;
 
   for (int n = 0; n < n_tiles; ++n) {
@@ -556,49 +609,102 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     const std::uint32_t v_tile = smem_addr(sV + (n % 2) * kBlockN * kStride);
     const int n0 = n * kBlockN;
 
-    // P = exp(scale·Q Kᵀ − lse): p[j][e] is row g + 8·(e/2), key n0 + 8j + 2t + e%2.
-    float p[kNB][4] = {};
-    mma_a_regs_times_tile_t<kStride, kNB, kDK>(p, q_frag, k_tile, lane);
-    const bool masked_tile = n0 + kBlockN - 1 > qw0;
+    if (n0 <= qw0 + kWarpRows - 1) {   // warp-uniform: the tile is not wholly masked for this warp
+      // P = exp(scale·Q Kᵀ − lse): p[mt][j][e] is row mt·16 + g + 8·(e/2), key n0 + 8j + 2t + e%2.
+      float p[kMT][kNB][4] = {};
 #pragma unroll
-    for (int j = 0; j < kNB; ++j) {
+      for (int kk = 0; kk < kDK; ++kk) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        p[j][e] = exp2f(fmaf(p[j][e], scale_log2, -lse_log2[e / 2]));
-        if (masked_tile && n0 + j * 8 + 2 * t + (e % 2) > qw0 + g + 8 * (e / 2)) p[j][e] = 0.f;
+        for (int nb = 0; nb < kNB; nb += 2) {
+          std::uint32_t bk[4];
+          load_b_frag_rows_are_n<kStride>(bk, k_tile, nb * 8, kk * 16, lane);
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            mma_bf16_16816(p[mt][nb], q_frag[mt][kk], bk[0], bk[1]);
+            mma_bf16_16816(p[mt][nb + 1], q_frag[mt][kk], bk[2], bk[3]);
+          }
+        }
+      }
+      const bool masked_tile = n0 + kBlockN - 1 > qw0;
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int j = 0; j < kNB; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            p[mt][j][e] = exp2f(fmaf(p[mt][j][e], scale_log2, -lse_log2[mt][e / 2]));
+            if (masked_tile && n0 + j * 8 + 2 * t + (e % 2) > qw0 + mt * 16 + g + 8 * (e / 2)) p[mt][j][e] = 0.f;
+          }
+
+      // dP = dO Vᵀ, kChunk n-blocks at a time, then dS = P ⊙ (dP − delta) in place of P.
+#pragma unroll
+      for (int c = 0; c < kNB; c += kChunk) {
+        float dp[kMT][kChunk][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < kDK; ++kk) {
+#pragma unroll
+          for (int j = 0; j < kChunk; j += 2) {
+            std::uint32_t bv[4];
+            load_b_frag_rows_are_n<kStride>(bv, v_tile, (c + j) * 8, kk * 16, lane);
+#pragma unroll
+            for (int mt = 0; mt < kMT; ++mt) {
+              mma_bf16_16816(dp[mt][j], do_frag[mt][kk], bv[0], bv[1]);
+              mma_bf16_16816(dp[mt][j + 1], do_frag[mt][kk], bv[2], bv[3]);
+            }
+          }
+        }
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+          for (int j = 0; j < kChunk; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+              p[mt][c + j][e] = p[mt][c + j][e] * (dp[mt][j][e] - row_delta[mt][e / 2]);
+      }
+
+      // dQ += dS K (scale applied once at the end).
+#pragma unroll
+      for (int kk = 0; kk < kNB / 2; ++kk) {
+        std::uint32_t a[kMT][4];
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) c_pair_to_a_frag(a[mt], p[mt][2 * kk], p[mt][2 * kk + 1]);
+#pragma unroll
+        for (int db = 0; db < kDB; db += 2) {
+          std::uint32_t bk[4];
+          load_b_frag_rows_are_k<kStride>(bk, k_tile, kk * 16, db * 8, lane);
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            mma_bf16_16816(dq[mt][db], a[mt], bk[0], bk[1]);
+            mma_bf16_16816(dq[mt][db + 1], a[mt], bk[2], bk[3]);
+          }
+        }
       }
     }
-
-    // dP = dO Vᵀ (16 × kBlockN), then dS = P ⊙ (dP − delta) in place.
-    float ds[kNB][4] = {};
-    mma_a_regs_times_tile_t<kStride, kNB, kDK>(ds, do_frag, v_tile, lane);
-#pragma unroll
-    for (int j = 0; j < kNB; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) ds[j][e] = p[j][e] * (ds[j][e] - row_delta[e / 2]);
-    }
-
-    // dQ += dS K (scale applied once at the end).
-    mma_c_regs_times_tile<kStride, kDB, kNB>(dq, ds, k_tile, lane);
 
     cp_async_wait_all();
     __syncthreads();
   }
 
-  stage_accumulator<D>(sQ, warp * kRowsPerWarp, dq, scale, lane);
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) stage_accumulator<D>(sQ, warp * kWarpRows + mt * 16, dq[mt], scale, lane);
   __syncwarp();
-  store_warp_rows<D>(dqkv + seq_offset, row_stride, sQ + warp * kRowsPerWarp * kStride, qw0, T, lane);
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+    store_warp_rows<D>(dqkv + seq_offset, row_stride, sQ + (warp * kWarpRows + mt * 16) * kStride, qw0 + mt * 16, T,
+                       lane);
 }
 
-// dK = scale · dSᵀ Q and dV = Pᵀ dO for 64 keys (16 per warp), looping over the query tiles at or
-// after them; the products are computed transposed (keys as rows) so the key rows stay the m
-// dimension: Sᵀ = K Qᵀ, Pᵀ = exp(scale·Sᵀ − lse(column)), dPᵀ = V dOᵀ, dSᵀ = Pᵀ ⊙ (dPᵀ − delta(column)).
-// grid (B·H, ceil(T / 64)); key tile blockIdx.y, so the longest (first) tiles start first.
-// Shared: sK (64, D+8) | sV (64, D+8) | sQ 2 × (kBlockM, D+8) | sdO 2 × (kBlockM, D+8) bf16 |
-//         s_lse 2 × kBlockM | s_delta 2 × kBlockM fp32.
-// kKVInRegs: keep this warp's K and V rows as A fragments in registers (D <= 64); for D = 128 they
-// are re-read from shared memory each query tile to leave registers for the dK and dV accumulators.
-template <int D, int kBlockM, bool kKVInRegs>
+// dK = scale · dSᵀ Q and dV = Pᵀ dO for kBlockK = 64·kMT keys (16·kMT per warp), looping over the
+// query tiles at or after them; the products are computed transposed (keys as rows) so the key rows
+// stay the m dimension: Sᵀ = K Qᵀ, Pᵀ = exp(scale·Sᵀ − lse(column)), dPᵀ = V dOᵀ,
+// dSᵀ = Pᵀ ⊙ (dPᵀ − delta(column)). A warp skips query tiles wholly before its first key.
+// grid (B·H, ceil(T / kBlockK)); key tile blockIdx.y, so the longest (first) tiles start first.
+// Shared: sK (kBlockK, D+8) | sV (kBlockK, D+8) | sQ 2 × (kBlockM, D+8) | sdO 2 × (kBlockM, D+8)
+//         bf16 | s_lse 2 × kBlockM | s_delta 2 × kBlockM fp32.
+// kKVInRegs: keep this warp's K and V rows as A fragments in registers; else they are re-read from
+// shared memory each query tile to leave registers for the dK and dV accumulators. dPᵀ is computed
+// kChunk query columns at a time.
+template <int D, int kMT, int kBlockM, bool kKVInRegs, int kChunk>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     attention_backward_dkdv_mma_kernel(bf16* __restrict__ dqkv,          // (B, T, 3, H, D), k and v parts
                                        const bf16* __restrict__ dout,    // (B, T, H, D)
@@ -607,11 +713,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
                                        const float* __restrict__ delta,  // (B, H, T)
                                        int T, int H, float scale) {
   constexpr int kStride = D + kPad;
-  constexpr int kBlockK = kBlockQ;   // 64 keys per block
-  constexpr int kNB = kBlockM / 8;   // Sᵀ, dPᵀ are 16 × kBlockM per warp
-  constexpr int kDB = D / 8;         // dK, dV are 16 × D per warp
+  constexpr int kWarpRows = kMT * kRowsPerWarp;
+  constexpr int kBlockK = kWarps * kWarpRows;
+  constexpr int kNB = kBlockM / 8;   // Sᵀ, dPᵀ are 16 × kBlockM per m-tile
+  constexpr int kDB = D / 8;         // dK, dV are 16 × D per m-tile
   constexpr int kDK = D / 16;
-  static_assert(kBlockM % 16 == 0 && D % 16 == 0);
+  static_assert(kBlockM % 16 == 0 && D % 16 == 0 && kChunk % 2 == 0 && kNB % kChunk == 0);
 
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* sK = reinterpret_cast<bf16*>(smem);
@@ -624,8 +731,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
   const int bh = blockIdx.x, b = bh / H, h = bh % H;
-  const int k0 = blockIdx.y * kBlockK;   // first key of the block
-  const int kw0 = k0 + warp * kRowsPerWarp;   // first key of this warp
+  const int k0 = blockIdx.y * kBlockK;         // first key of the block
+  const int kw0 = k0 + warp * kWarpRows;       // first key of this warp
   const int C = H * D;
   const std::int64_t row_stride = 3 * static_cast<std::int64_t>(C);
   const std::int64_t seq_offset = static_cast<std::int64_t>(b) * T * row_stride + h * D;
@@ -655,17 +762,20 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   cp_async_wait_all();
   __syncthreads();
 
-  // This warp's 16 key rows as A fragments (registers, or re-read from shared memory per tile).
-  std::uint32_t k_frag[kKVInRegs ? kDK : 1][4], v_frag[kKVInRegs ? kDK : 1][4];
+  // This warp's key rows as A fragments (registers, or re-read from shared memory per tile).
+  std::uint32_t k_frag[kKVInRegs ? kMT : 1][kKVInRegs ? kDK : 1][4];
+  std::uint32_t v_frag[kKVInRegs ? kMT : 1][kKVInRegs ? kDK : 1][4];
   if constexpr (kKVInRegs) {
 #pragma unroll
-    for (int kk = 0; kk < kDK; ++kk) {
-      load_a_frag<kStride>(k_frag[kk], smem_addr(sK), warp * kRowsPerWarp, kk * 16, lane);
-      load_a_frag<kStride>(v_frag[kk], smem_addr(sV), warp * kRowsPerWarp, kk * 16, lane);
-    }
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int kk = 0; kk < kDK; ++kk) {
+        load_a_frag<kStride>(k_frag[mt][kk], smem_addr(sK), warp * kWarpRows + mt * 16, kk * 16, lane);
+        load_a_frag<kStride>(v_frag[mt][kk], smem_addr(sV), warp * kWarpRows + mt * 16, kk * 16, lane);
+      }
   }
 
-  float dk[kDB][4] = {}, dv[kDB][4] = {};
+  float dk[kMT][kDB][4] = {}, dv[kMT][kDB][4] = {};
   const float scale_log2 = scale * kLog2e;
 
   for (int m = m_first; m < m_end; ++m) {
@@ -680,101 +790,160 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     const float* delta_tile = s_delta + buf * kBlockM;
     const int m0 = m * kBlockM;
 
-    // Sᵀ = K Qᵀ (16 keys × kBlockM queries): p[j][e] is key g + 8·(e/2), query m0 + 8j + 2t + e%2.
-    float p[kNB][4] = {};
-    if constexpr (kKVInRegs) {
-      mma_a_regs_times_tile_t<kStride, kNB, kDK>(p, k_frag, q_tile, lane);
-    } else {
+    if (m0 + kBlockM - 1 >= kw0) {   // warp-uniform: some query of the tile sees a key of the warp
+      // Sᵀ = K Qᵀ: p[mt][j][e] is key mt·16 + g + 8·(e/2), query m0 + 8j + 2t + e%2.
+      float p[kMT][kNB][4] = {};
 #pragma unroll
       for (int kk = 0; kk < kDK; ++kk) {
-        std::uint32_t a[1][4];
-        load_a_frag<kStride>(a[0], smem_addr(sK), warp * kRowsPerWarp, kk * 16, lane);
-        // one k-step: a is the kk-th 16 columns of K, matched with columns kk·16.. of Q
+        std::uint32_t a[kMT][4];
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          if constexpr (kKVInRegs) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) a[mt][i] = k_frag[mt][kk][i];
+          } else {
+            load_a_frag<kStride>(a[mt], smem_addr(sK), warp * kWarpRows + mt * 16, kk * 16, lane);
+          }
+        }
 #pragma unroll
         for (int nb = 0; nb < kNB; nb += 2) {
           std::uint32_t bq[4];
           load_b_frag_rows_are_n<kStride>(bq, q_tile, nb * 8, kk * 16, lane);
-          mma_bf16_16816(p[nb], a[0], bq[0], bq[1]);
-          mma_bf16_16816(p[nb + 1], a[0], bq[2], bq[3]);
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            mma_bf16_16816(p[mt][nb], a[mt], bq[0], bq[1]);
+            mma_bf16_16816(p[mt][nb + 1], a[mt], bq[2], bq[3]);
+          }
         }
       }
-    }
 
-    // Pᵀ = exp(scale·Sᵀ − lse). Mask where query < key (only tiles reaching below this warp's
-    // last key) and queries at or past T (ragged last tile; their lse was zero-filled).
-    const bool masked_tile = m0 < kw0 + kRowsPerWarp - 1 || m0 + kBlockM > T;
+      // Pᵀ = exp(scale·Sᵀ − lse). Mask where query < key (only tiles reaching below this warp's
+      // last key) and queries at or past T (ragged last tile; their lse was zero-filled).
+      const bool masked_tile = m0 < kw0 + kWarpRows - 1 || m0 + kBlockM > T;
 #pragma unroll
-    for (int j = 0; j < kNB; ++j) {
+      for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = j * 8 + 2 * t + (e % 2);
-        const int query = m0 + col;
-        const int key = kw0 + g + 8 * (e / 2);
-        p[j][e] = exp2f(fmaf(p[j][e], scale_log2, -lse_tile[col] * kLog2e));
-        if (masked_tile && (query < key || query >= T)) p[j][e] = 0.f;
-      }
-    }
+        for (int j = 0; j < kNB; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int col = j * 8 + 2 * t + (e % 2);
+            const int query = m0 + col;
+            const int key = kw0 + mt * 16 + g + 8 * (e / 2);
+            p[mt][j][e] = exp2f(fmaf(p[mt][j][e], scale_log2, -lse_tile[col] * kLog2e));
+            if (masked_tile && (query < key || query >= T)) p[mt][j][e] = 0.f;
+          }
 
-    // dV += Pᵀ dO.
-    mma_c_regs_times_tile<kStride, kDB, kNB>(dv, p, do_tile, lane);
-
-    // dPᵀ = V dOᵀ, then dSᵀ = Pᵀ ⊙ (dPᵀ − delta) in place.
-    float ds[kNB][4] = {};
-    if constexpr (kKVInRegs) {
-      mma_a_regs_times_tile_t<kStride, kNB, kDK>(ds, v_frag, do_tile, lane);
-    } else {
+      // dV += Pᵀ dO.
 #pragma unroll
-      for (int kk = 0; kk < kDK; ++kk) {
-        std::uint32_t a[1][4];
-        load_a_frag<kStride>(a[0], smem_addr(sV), warp * kRowsPerWarp, kk * 16, lane);
+      for (int kk = 0; kk < kNB / 2; ++kk) {
+        std::uint32_t a[kMT][4];
 #pragma unroll
-        for (int nb = 0; nb < kNB; nb += 2) {
+        for (int mt = 0; mt < kMT; ++mt) c_pair_to_a_frag(a[mt], p[mt][2 * kk], p[mt][2 * kk + 1]);
+#pragma unroll
+        for (int db = 0; db < kDB; db += 2) {
           std::uint32_t bo[4];
-          load_b_frag_rows_are_n<kStride>(bo, do_tile, nb * 8, kk * 16, lane);
-          mma_bf16_16816(ds[nb], a[0], bo[0], bo[1]);
-          mma_bf16_16816(ds[nb + 1], a[0], bo[2], bo[3]);
+          load_b_frag_rows_are_k<kStride>(bo, do_tile, kk * 16, db * 8, lane);
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            mma_bf16_16816(dv[mt][db], a[mt], bo[0], bo[1]);
+            mma_bf16_16816(dv[mt][db + 1], a[mt], bo[2], bo[3]);
+          }
+        }
+      }
+
+      // dPᵀ = V dOᵀ, kChunk n-blocks at a time, then dSᵀ = Pᵀ ⊙ (dPᵀ − delta) in place of Pᵀ.
+#pragma unroll
+      for (int c = 0; c < kNB; c += kChunk) {
+        float dp[kMT][kChunk][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < kDK; ++kk) {
+          std::uint32_t a[kMT][4];
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            if constexpr (kKVInRegs) {
+#pragma unroll
+              for (int i = 0; i < 4; ++i) a[mt][i] = v_frag[mt][kk][i];
+            } else {
+              load_a_frag<kStride>(a[mt], smem_addr(sV), warp * kWarpRows + mt * 16, kk * 16, lane);
+            }
+          }
+#pragma unroll
+          for (int j = 0; j < kChunk; j += 2) {
+            std::uint32_t bo[4];
+            load_b_frag_rows_are_n<kStride>(bo, do_tile, (c + j) * 8, kk * 16, lane);
+#pragma unroll
+            for (int mt = 0; mt < kMT; ++mt) {
+              mma_bf16_16816(dp[mt][j], a[mt], bo[0], bo[1]);
+              mma_bf16_16816(dp[mt][j + 1], a[mt], bo[2], bo[3]);
+            }
+          }
+        }
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+          for (int j = 0; j < kChunk; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+              p[mt][c + j][e] =
+                  p[mt][c + j][e] * (dp[mt][j][e] - delta_tile[(c + j) * 8 + 2 * t + (e % 2)]);
+      }
+
+      // dK += dSᵀ Q (scale applied once at the end).
+#pragma unroll
+      for (int kk = 0; kk < kNB / 2; ++kk) {
+        std::uint32_t a[kMT][4];
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) c_pair_to_a_frag(a[mt], p[mt][2 * kk], p[mt][2 * kk + 1]);
+#pragma unroll
+        for (int db = 0; db < kDB; db += 2) {
+          std::uint32_t bq[4];
+          load_b_frag_rows_are_k<kStride>(bq, q_tile, kk * 16, db * 8, lane);
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            mma_bf16_16816(dk[mt][db], a[mt], bq[0], bq[1]);
+            mma_bf16_16816(dk[mt][db + 1], a[mt], bq[2], bq[3]);
+          }
         }
       }
     }
-#pragma unroll
-    for (int j = 0; j < kNB; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) ds[j][e] = p[j][e] * (ds[j][e] - delta_tile[j * 8 + 2 * t + (e % 2)]);
-    }
-
-    // dK += dSᵀ Q (scale applied once at the end).
-    mma_c_regs_times_tile<kStride, kDB, kNB>(dk, ds, q_tile, lane);
 
     cp_async_wait_all();
     __syncthreads();
   }
 
   // Stage through this warp's own rows of sK and sV (read by this warp only), then store.
-  stage_accumulator<D>(sK, warp * kRowsPerWarp, dk, scale, lane);
-  stage_accumulator<D>(sV, warp * kRowsPerWarp, dv, 1.f, lane);
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+    stage_accumulator<D>(sK, warp * kWarpRows + mt * 16, dk[mt], scale, lane);
+    stage_accumulator<D>(sV, warp * kWarpRows + mt * 16, dv[mt], 1.f, lane);
+  }
   __syncwarp();
-  store_warp_rows<D>(dqkv + seq_offset + C, row_stride, sK + warp * kRowsPerWarp * kStride, kw0, T, lane);
-  store_warp_rows<D>(dqkv + seq_offset + 2 * C, row_stride, sV + warp * kRowsPerWarp * kStride, kw0, T, lane);
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+    const int r0 = warp * kWarpRows + mt * 16;
+    store_warp_rows<D>(dqkv + seq_offset + C, row_stride, sK + r0 * kStride, kw0 + mt * 16, T, lane);
+    store_warp_rows<D>(dqkv + seq_offset + 2 * C, row_stride, sV + r0 * kStride, kw0 + mt * 16, T, lane);
+  }
 }
 
 // ---- host side ---------------------------------------------------------------------------------
 
 struct LaunchDims {
-  int T = 0, H = 0, BH = 0, tiles = 0;   // tiles of 64 rows along T
+  int T = 0, H = 0, BH = 0;
 };
 
 // Shape checks shared by forward and backward; the sizes as the kernels' ints.
 LaunchDims check_shape(const GpuAttentionShape& s, const char* op) {
   SLM_CHECK(attention_mma_supported(s.D), op, ": D = ", s.D, " has no mma kernel");
   SLM_CHECK(s.B > 0 && s.T > 0 && s.H > 0, op, ": empty shape");
-  const std::int64_t tiles = (s.T + kBlockQ - 1) / kBlockQ;
+  const std::int64_t tiles = (s.T + kMinTileRows - 1) / kMinTileRows;   // the most tiles any kernel uses
   constexpr std::int64_t kIntMax = std::numeric_limits<int>::max();
   // Positions within a sequence and column offsets (up to 3·H·D) are ints in the kernels; token
   // offsets are 64-bit. gridDim.y (query or key tiles) is limited to 65535.
   if (s.B * s.H > kIntMax || s.T > kIntMax || 3 * s.H * s.D > kIntMax || tiles > 65535) {
     fail(op, ": shape B=", s.B, " T=", s.T, " H=", s.H, " D=", s.D, " is too large for the mma kernels' grid");
   }
-  return {static_cast<int>(s.T), static_cast<int>(s.H), static_cast<int>(s.B * s.H), static_cast<int>(tiles)};
+  return {static_cast<int>(s.T), static_cast<int>(s.H), static_cast<int>(s.B * s.H)};
 }
 
 void check_aligned(const void* p, const char* what) {
@@ -788,21 +957,69 @@ void set_smem(Kernel kernel, std::size_t bytes) {
   SLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
+unsigned tiles_of(int T, int rows) { return static_cast<unsigned>((T + rows - 1) / rows); }
+
+int variant(const char* name) {   // TEMP: tuning
+  const char* v = std::getenv(name);
+  return v ? std::atoi(v) : 0;
+}
+
+template <int D, int kMT, int kBlockN, bool kQInRegs>
+void forward_cfg(bf16* out, float* lse, const bf16* qkv, const LaunchDims& n, cudaStream_t stream) {
+  constexpr int kBlockM = kWarps * kRowsPerWarp * kMT;
+  constexpr std::size_t smem = static_cast<std::size_t>(kBlockM + 4 * kBlockN) * (D + kPad) * sizeof(bf16);
+  auto kernel = attention_forward_mma_kernel<D, kMT, kBlockN, kQInRegs>;
+  set_smem(kernel, smem);
+  kernel<<<dim3(n.BH, tiles_of(n.T, kBlockM)), kThreads, smem, stream>>>(out, lse, qkv, n.T, n.H,
+                                                                          1.f / std::sqrt(float(D)));
+  SLM_CUDA_LAUNCH_CHECK();
+}
+
+template <int D, int kMT, int kBlockN, int kChunk>
+void dq_cfg(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* delta, const LaunchDims& n,
+            cudaStream_t stream) {
+  constexpr int kBlockM = kWarps * kRowsPerWarp * kMT;
+  constexpr std::size_t smem = static_cast<std::size_t>(2 * kBlockM + 4 * kBlockN) * (D + kPad) * sizeof(bf16);
+  auto kernel = attention_backward_dq_mma_kernel<D, kMT, kBlockN, kChunk>;
+  set_smem(kernel, smem);
+  kernel<<<dim3(n.BH, tiles_of(n.T, kBlockM)), kThreads, smem, stream>>>(dqkv, dout, qkv, lse, delta, n.T, n.H,
+                                                                          1.f / std::sqrt(float(D)));
+  SLM_CUDA_LAUNCH_CHECK();
+}
+
+template <int D, int kMT, int kBlockM, bool kKVInRegs, int kChunk>
+void dkdv_cfg(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* delta,
+              const LaunchDims& n, cudaStream_t stream) {
+  constexpr int kBlockK = kWarps * kRowsPerWarp * kMT;
+  constexpr std::size_t smem = static_cast<std::size_t>(2 * kBlockK + 4 * kBlockM) * (D + kPad) * sizeof(bf16) +
+                               4 * kBlockM * sizeof(float);
+  auto kernel = attention_backward_dkdv_mma_kernel<D, kMT, kBlockM, kKVInRegs, kChunk>;
+  set_smem(kernel, smem);
+  kernel<<<dim3(n.BH, tiles_of(n.T, kBlockK)), kThreads, smem, stream>>>(dqkv, dout, qkv, lse, delta, n.T, n.H,
+                                                                          1.f / std::sqrt(float(D)));
+  SLM_CUDA_LAUNCH_CHECK();
+}
+
 template <int D>
 void launch_forward(bf16* out, float* lse, const bf16* qkv, const LaunchDims& n, cudaStream_t stream) {
-  constexpr int kBlockN = MmaTiles<D>::forward_keys;
-  constexpr std::size_t smem = static_cast<std::size_t>(kBlockQ + 4 * kBlockN) * (D + kPad) * sizeof(bf16);
-  auto kernel = attention_forward_mma_kernel<D, kBlockN>;
-  set_smem(kernel, smem);
-  kernel<<<dim3(n.BH, n.tiles), kThreads, smem, stream>>>(out, lse, qkv, n.T, n.H, 1.f / std::sqrt(float(D)));
-  SLM_CUDA_LAUNCH_CHECK();
+  const int v = variant("SLM_FWD");
+  if constexpr (D == 32) {
+    if (v == 1) forward_cfg<32, 2, 128, true>(out, lse, qkv, n, stream);
+    else forward_cfg<32, 2, 64, true>(out, lse, qkv, n, stream);
+  } else if constexpr (D == 64) {
+    if (v == 1) forward_cfg<64, 2, 128, false>(out, lse, qkv, n, stream);
+    else if (v == 2) forward_cfg<64, 1, 64, true>(out, lse, qkv, n, stream);
+    else forward_cfg<64, 2, 64, true>(out, lse, qkv, n, stream);
+  } else {
+    if (v == 1) forward_cfg<128, 2, 64, false>(out, lse, qkv, n, stream);
+    else if (v == 2) forward_cfg<128, 1, 64, true>(out, lse, qkv, n, stream);
+    else forward_cfg<128, 2, 32, false>(out, lse, qkv, n, stream);
+  }
 }
 
 template <int D>
 void launch_backward(bf16* dqkv, float* delta, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse,
                      const LaunchDims& n, std::int64_t B, cudaStream_t stream) {
-  const float scale = 1.f / std::sqrt(float(D));
-
   // delta first: both gradient kernels read it.
   const std::int64_t rows = B * n.T * n.H;
   const std::int64_t delta_threads = rows * (D / 8);
@@ -812,22 +1029,24 @@ void launch_backward(bf16* dqkv, float* delta, const bf16* dout, const bf16* qkv
                                                                                               n.T, n.H);
   SLM_CUDA_LAUNCH_CHECK();
 
-  {
-    constexpr int kBlockN = MmaTiles<D>::dq_keys;
-    constexpr std::size_t smem = static_cast<std::size_t>(2 * kBlockQ + 4 * kBlockN) * (D + kPad) * sizeof(bf16);
-    auto kernel = attention_backward_dq_mma_kernel<D, kBlockN>;
-    set_smem(kernel, smem);
-    kernel<<<dim3(n.BH, n.tiles), kThreads, smem, stream>>>(dqkv, dout, qkv, lse, delta, n.T, n.H, scale);
-    SLM_CUDA_LAUNCH_CHECK();
-  }
-  {
-    constexpr int kBlockM = MmaTiles<D>::dkdv_queries;
-    constexpr std::size_t smem = static_cast<std::size_t>(2 * kBlockQ + 4 * kBlockM) * (D + kPad) * sizeof(bf16) +
-                                 4 * kBlockM * sizeof(float);
-    auto kernel = attention_backward_dkdv_mma_kernel<D, kBlockM, (D <= 64)>;
-    set_smem(kernel, smem);
-    kernel<<<dim3(n.BH, n.tiles), kThreads, smem, stream>>>(dqkv, dout, qkv, lse, delta, n.T, n.H, scale);
-    SLM_CUDA_LAUNCH_CHECK();
+  const int vq = variant("SLM_DQ"), vk = variant("SLM_DKDV");
+  if constexpr (D == 32) {
+    if (vq == 1) dq_cfg<32, 2, 64, 8>(dqkv, dout, qkv, lse, delta, n, stream);
+    else dq_cfg<32, 2, 64, 2>(dqkv, dout, qkv, lse, delta, n, stream);
+    if (vk == 1) dkdv_cfg<32, 2, 64, false, 8>(dqkv, dout, qkv, lse, delta, n, stream);
+    else if (vk == 2) dkdv_cfg<32, 1, 64, true, 8>(dqkv, dout, qkv, lse, delta, n, stream);
+    else dkdv_cfg<32, 2, 64, true, 2>(dqkv, dout, qkv, lse, delta, n, stream);
+  } else if constexpr (D == 64) {
+    if (vq == 1) dq_cfg<64, 2, 32, 4>(dqkv, dout, qkv, lse, delta, n, stream);
+    else if (vq == 2) dq_cfg<64, 1, 64, 8>(dqkv, dout, qkv, lse, delta, n, stream);
+    else dq_cfg<64, 2, 64, 2>(dqkv, dout, qkv, lse, delta, n, stream);
+    if (vk == 1) dkdv_cfg<64, 2, 64, false, 4>(dqkv, dout, qkv, lse, delta, n, stream);
+    else if (vk == 2) dkdv_cfg<64, 1, 64, true, 8>(dqkv, dout, qkv, lse, delta, n, stream);
+    else dkdv_cfg<64, 2, 32, false, 4>(dqkv, dout, qkv, lse, delta, n, stream);
+  } else {
+    if (vq == 1) dq_cfg<128, 1, 32, 4>(dqkv, dout, qkv, lse, delta, n, stream);
+    else dq_cfg<128, 1, 64, 2>(dqkv, dout, qkv, lse, delta, n, stream);
+    dkdv_cfg<128, 1, 32, false, 4>(dqkv, dout, qkv, lse, delta, n, stream);
   }
 }
 

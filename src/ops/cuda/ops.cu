@@ -261,7 +261,6 @@ __global__ void swiglu_backward_elementwise(T* da, T* db, const T* dh, const T* 
 // ---- classifier --------------------------------------------------------------------------------
 
 constexpr int kClassifierThreads = 512;
-constexpr std::size_t kMaxCachedRowBytes = 112 * 1024;   // two blocks per SM still fit
 
 // One block per row: an online max / sum-of-exp pass, then (for training) the gradient written over
 // the logits. The row is read twice; at 100 KB (V = 50,304 in bf16) the second read hits L2.
@@ -314,14 +313,12 @@ __global__ void classifier_block_per_row(T* logits, float* losses, const std::in
   }
 }
 
-// The same with 16-byte loads and stores (V a multiple of the pack, rows aligned). With kCached the
-// row is kept in shared memory (V · sizeof(T) bytes of it) between the two passes: the logits are
-// read from device memory once instead of twice.
-template <typename T, bool kCached>
+// The same with 16-byte loads and stores (V a multiple of the pack, rows aligned). (Keeping the row
+// in shared memory between the passes measured slower: the second read already hits L2.)
+template <typename T>
 __global__ void classifier_block_per_row_packed(T* logits, float* losses, const std::int32_t* targets, std::int64_t V,
                                                 float grad_scale) {
   constexpr int P = Pack<T>::n;
-  extern __shared__ uint4 cached_row[];   // (V / P) packs when kCached
   __shared__ float s_max[kClassifierThreads / 32], s_sum[kClassifierThreads / 32];
   __shared__ float s_lse;
   const std::int64_t n = blockIdx.x;
@@ -329,7 +326,6 @@ __global__ void classifier_block_per_row_packed(T* logits, float* losses, const 
   float m = -INFINITY, s = 0.0f;
   for (std::int64_t j = P * threadIdx.x; j < V; j += P * blockDim.x) {
     const Pack<T> v = load_pack(row + j);
-    if constexpr (kCached) cached_row[j / P] = v.raw;
     float pm = v.get(0);
 #pragma unroll
     for (int k = 1; k < P; ++k) pm = fmaxf(pm, v.get(k));
@@ -367,9 +363,7 @@ __global__ void classifier_block_per_row_packed(T* logits, float* losses, const 
   const float lse = s_lse;
   const std::int32_t target = targets[n];
   for (std::int64_t j = P * threadIdx.x; j < V; j += P * blockDim.x) {
-    Pack<T> v;
-    if constexpr (kCached) v.raw = cached_row[j / P];   // this thread's own packs: no barrier needed
-    else v = load_pack(row + j);
+    const Pack<T> v = load_pack(row + j);
     Pack<T> g;
 #pragma unroll
     for (int k = 0; k < P; ++k) g.set(k, (__expf(v.get(k) - lse) - (j + k == target ? 1.0f : 0.0f)) * grad_scale);
@@ -510,18 +504,10 @@ void classifier_cuda(T* logits, float* losses, const std::int32_t* targets, std:
                      float grad_scale, CUstream_st* stream) {
   if (N == 0) return;
   constexpr int P = Pack<device_t<T>>::n;
-  const std::size_t row_bytes = static_cast<std::size_t>(V) * sizeof(T);
-  if (V % P == 0 && aligned16(logits) && grad_scale != 0.0f && row_bytes <= kMaxCachedRowBytes) {
-    auto kernel = classifier_block_per_row_packed<device_t<T>, true>;
-    if (row_bytes > 48 * 1024)
-      SLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(row_bytes)));
-    kernel<<<static_cast<unsigned>(N), kClassifierThreads, row_bytes, stream>>>(dev(logits), losses, targets, V,
-                                                                             grad_scale);
-  } else if (V % P == 0 && aligned16(logits)) {
-    classifier_block_per_row_packed<device_t<T>, false><<<static_cast<unsigned>(N), kClassifierThreads, 0, stream>>>(
+  if (V % P == 0 && aligned16(logits))
+    classifier_block_per_row_packed<<<static_cast<unsigned>(N), kClassifierThreads, 0, stream>>>(
         dev(logits), losses, targets, V, grad_scale);
-  } else
+  else
     classifier_block_per_row<<<static_cast<unsigned>(N), kClassifierThreads, 0, stream>>>(dev(logits), losses, targets,
                                                                                           V, grad_scale);
   SLM_CUDA_LAUNCH_CHECK();
