@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job, end to end on the bundled sample corpus (data/sample, TinyStories) on the CPU:
+# The main job, end to end on the bundled sample corpus (data/sample, TinyStories) (on the GPU when the machine has one, else the CPU):
 # build, train a BPE tokenizer, tokenize the corpus, train a small Transformer LM (configs/sample.json;
 # the loss falls, validation loss is reported), and generate text from it. About two minutes on two
 # cores. Outputs in runs/sample/.
@@ -23,7 +23,7 @@ echo "== 3. round trip: decode the validation tokens and compare with the origin
 "$bin" tokenizer decode --tokenizer "$run/tokenizer" --input "$run/valid.bin" > "$run/valid.decoded.txt"
 cmp data/sample/tinystories_valid.txt "$run/valid.decoded.txt" && echo "round trip: identical"
 
-echo "== 4. train a Transformer LM (configs/sample.json) on the CPU"
+echo "== 4. train a Transformer LM (configs/sample.json) on the GPU if there is one, else the CPU"
 rm -rf "$run/model"   # a fresh run each time (train refuses to overwrite checkpoints)
 "$bin" train --config configs/sample.json --out_dir "$run/model"
 
