@@ -113,6 +113,7 @@ double bound(const std::vector<float>& ref, double fp32_bound = 1e-5) {
 }
 
 template <typename T> void rmsnorm_case(std::int64_t C);
+void embedding_case(std::int64_t C);
 template <typename T> void rope_case(std::int64_t D);
 template <typename T> void swiglu_case(std::int64_t n);
 template <typename T> void classifier_case(std::int64_t V);
@@ -250,9 +251,16 @@ void classifier_case(std::int64_t V) {
 
 TEST(GpuOps, EmbeddingForwardAndDeterministicBackward) {
   SLM_REQUIRE_GPU();
-  const std::int64_t N = 50, V = 17, C = 33;
+  for (std::int64_t C : {33, 132}) {   // the plain kernel; the wide one (C % 4 == 0), one token 400 times
+    SCOPED_TRACE(str("C = ", C));
+    embedding_case(C);
+  }
+}
+
+void embedding_case(std::int64_t C) {
+  const std::int64_t N = 500, V = 17;
   std::vector<std::int32_t> ids(N);
-  for (std::int64_t n = 0; n < N; ++n) ids[n] = static_cast<std::int32_t>((n * n + 3) % V);   // repeats, gaps
+  for (std::int64_t n = 0; n < N; ++n) ids[n] = n % 5 == 0 ? static_cast<std::int32_t>((n * n + 3) % V) : 7;
   const auto table = randn(V * C, 10), dx = randn(N * C, 11);
   GpuBuffer d_table = upload<float>(table), d_x(N * C * 4), d_ids(N * 4);
   copy_to_gpu(d_ids.data(), ids.data(), N * 4);

@@ -1007,12 +1007,11 @@ void launch_forward(bf16* out, float* lse, const bf16* qkv, const LaunchDims& n,
     if (v == 1) forward_cfg<32, 2, 128, true>(out, lse, qkv, n, stream);
     else forward_cfg<32, 2, 64, true>(out, lse, qkv, n, stream);
   } else if constexpr (D == 64) {
-    if (v == 1) forward_cfg<64, 2, 128, false>(out, lse, qkv, n, stream);
+    if (v == 1) forward_cfg<64, 2, 64, false>(out, lse, qkv, n, stream);
     else if (v == 2) forward_cfg<64, 1, 64, true>(out, lse, qkv, n, stream);
     else forward_cfg<64, 2, 64, true>(out, lse, qkv, n, stream);
   } else {
-    if (v == 1) forward_cfg<128, 2, 64, false>(out, lse, qkv, n, stream);
-    else if (v == 2) forward_cfg<128, 1, 64, true>(out, lse, qkv, n, stream);
+    if (v == 1) forward_cfg<128, 1, 64, true>(out, lse, qkv, n, stream);
     else forward_cfg<128, 2, 32, false>(out, lse, qkv, n, stream);
   }
 }
@@ -1037,15 +1036,15 @@ void launch_backward(bf16* dqkv, float* delta, const bf16* dout, const bf16* qkv
     else if (vk == 2) dkdv_cfg<32, 1, 64, true, 8>(dqkv, dout, qkv, lse, delta, n, stream);
     else dkdv_cfg<32, 2, 64, true, 2>(dqkv, dout, qkv, lse, delta, n, stream);
   } else if constexpr (D == 64) {
-    if (vq == 1) dq_cfg<64, 2, 32, 4>(dqkv, dout, qkv, lse, delta, n, stream);
+    if (vq == 1) dq_cfg<64, 2, 32, 2>(dqkv, dout, qkv, lse, delta, n, stream);
     else if (vq == 2) dq_cfg<64, 1, 64, 8>(dqkv, dout, qkv, lse, delta, n, stream);
-    else dq_cfg<64, 2, 64, 2>(dqkv, dout, qkv, lse, delta, n, stream);
-    if (vk == 1) dkdv_cfg<64, 2, 64, false, 4>(dqkv, dout, qkv, lse, delta, n, stream);
+    else dq_cfg<64, 2, 32, 4>(dqkv, dout, qkv, lse, delta, n, stream);
+    if (vk == 1) dkdv_cfg<64, 2, 32, false, 2>(dqkv, dout, qkv, lse, delta, n, stream);
     else if (vk == 2) dkdv_cfg<64, 1, 64, true, 8>(dqkv, dout, qkv, lse, delta, n, stream);
     else dkdv_cfg<64, 2, 32, false, 4>(dqkv, dout, qkv, lse, delta, n, stream);
   } else {
-    if (vq == 1) dq_cfg<128, 1, 32, 4>(dqkv, dout, qkv, lse, delta, n, stream);
-    else dq_cfg<128, 1, 64, 2>(dqkv, dout, qkv, lse, delta, n, stream);
+    if (vq == 1) dq_cfg<128, 1, 32, 2>(dqkv, dout, qkv, lse, delta, n, stream);
+    else dq_cfg<128, 1, 32, 4>(dqkv, dout, qkv, lse, delta, n, stream);
     dkdv_cfg<128, 1, 32, false, 4>(dqkv, dout, qkv, lse, delta, n, stream);
   }
 }

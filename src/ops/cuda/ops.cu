@@ -58,6 +58,44 @@ __global__ void embedding_backward_block_per_token(float* dtable, const float* d
   }
 }
 
+// The same for C % 4 == 0, with the rows of a token spread over 16 row lanes (blockDim.y) and each
+// lane's partial sums combined in lane order: real text repeats its most frequent tokens hundreds
+// of times in a batch, and one thread summing those rows serially held up the whole step.
+constexpr int kEmbeddingRowLanes = 16;
+
+__global__ void embedding_backward_block_per_token_wide(float* dtable, const float* dx, const std::int32_t* uniq,
+                                                        const std::int32_t* offsets, const std::int32_t* positions,
+                                                        const std::int32_t* num_unique, std::int64_t C) {
+  __shared__ float4 lane_sums[kEmbeddingRowLanes][32];
+  const int u = blockIdx.x;
+  if (u >= *num_unique) return;
+  const int begin = offsets[u], end = offsets[u + 1];
+  float* row = dtable + static_cast<std::int64_t>(uniq[u]) * C;
+  for (std::int64_t c0 = 0; c0 < C; c0 += 128) {   // 32 column lanes × 4 columns
+    const std::int64_t c = c0 + 4 * threadIdx.x;
+    float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (c < C)
+      for (int i = begin + threadIdx.y; i < end; i += kEmbeddingRowLanes) {
+        const float4 v = *reinterpret_cast<const float4*>(dx + static_cast<std::int64_t>(positions[i]) * C + c);
+        s.x += v.x, s.y += v.y, s.z += v.z, s.w += v.w;
+      }
+    lane_sums[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+      float4 t = lane_sums[0][threadIdx.x];
+      for (int r = 1; r < kEmbeddingRowLanes; ++r) {
+        const float4 v = lane_sums[r][threadIdx.x];
+        t.x += v.x, t.y += v.y, t.z += v.z, t.w += v.w;
+      }
+      float4* out = reinterpret_cast<float4*>(row + c);
+      float4 o = *out;
+      o.x += t.x, o.y += t.y, o.z += t.z, o.w += t.w;
+      *out = o;
+    }
+    __syncthreads();
+  }
+}
+
 // ---- RMSNorm -----------------------------------------------------------------------------------
 
 // Rows of C floats, read W at a time per lane (W = 4: 16-byte loads, when C % 4 == 0).
@@ -423,8 +461,12 @@ void group_tokens(std::int32_t* uniq, std::int32_t* offsets, std::int32_t* posit
 void embedding_backward_cuda(float* dtable, const float* dx, const TokenGroups& g, std::int64_t max_unique,
                              std::int64_t C, CUstream_st* stream) {
   if (max_unique == 0) return;
-  embedding_backward_block_per_token<<<static_cast<unsigned>(max_unique), 128, 0, stream>>>(
-      dtable, dx, g.uniq, g.offsets, g.positions, g.num_unique, C);
+  if (C % 4 == 0 && aligned16(dtable) && aligned16(dx))
+    embedding_backward_block_per_token_wide<<<static_cast<unsigned>(max_unique), dim3(32, kEmbeddingRowLanes), 0,
+                                              stream>>>(dtable, dx, g.uniq, g.offsets, g.positions, g.num_unique, C);
+  else
+    embedding_backward_block_per_token<<<static_cast<unsigned>(max_unique), 128, 0, stream>>>(
+        dtable, dx, g.uniq, g.offsets, g.positions, g.num_unique, C);
   SLM_CUDA_LAUNCH_CHECK();
 }
 
