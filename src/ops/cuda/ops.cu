@@ -189,12 +189,21 @@ __global__ void rmsnorm_backward_fused(float* dx, T* dx_copy, float* partials, c
   }
 }
 
+// dgain[c] += Σ_p partials[p][c]: 32 columns per block, the partials split over 8 row lanes (so
+// each thread has 1/8 of the chain of loads), combined in lane order.
 __global__ void add_partials(float* dgain, const float* partials, std::int64_t C) {
-  const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= C) return;
+  __shared__ float lane_sums[8][33];
+  const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * 32 + threadIdx.x;
   float s = 0.0f;
-  for (int p = 0; p < kRmsnormPartials; ++p) s += partials[p * C + c];
-  dgain[c] += s;
+  if (c < C)
+    for (int p = threadIdx.y; p < kRmsnormPartials; p += 8) s += partials[p * C + c];
+  lane_sums[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    float t = 0.0f;
+    for (int r = 0; r < 8; ++r) t += lane_sums[r][threadIdx.x];
+    dgain[c] += t;
+  }
 }
 
 // ---- RoPE --------------------------------------------------------------------------------------
@@ -498,7 +507,7 @@ void rmsnorm_backward_cuda(float* dx, T* dx_copy, float* dgain, float* partials,
   else
     launch(rmsnorm_backward_fused<device_t<T>, 1>);
   SLM_CUDA_LAUNCH_CHECK();
-  add_partials<<<blocks_for(C, 256), 256, 0, stream>>>(dgain, partials, C);
+  add_partials<<<blocks_for(C, 32), dim3(32, 8), 0, stream>>>(dgain, partials, C);
   SLM_CUDA_LAUNCH_CHECK();
 }
 

@@ -42,7 +42,7 @@ void rmsnorm_forward_cuda(T* out, float* rstd, const float* x, const float* gain
 // receives the new dx in storage type T, for the matrix products that read it next.
 // dgain (C) += Σ_n dy·x·rstd, through `partials` (kRmsnormPartials × C floats of scratch: one
 // row per block of the fused pass). C ≤ 7,000 (the per-warp sums of a block live in shared memory).
-constexpr std::int64_t kRmsnormPartials = 264;   // 2 blocks per SM of an H100/H200 (1056 measured 6% slower)
+constexpr std::int64_t kRmsnormPartials = 528;   // blocks of the fused pass: 4 per SM of an H100/H200
 template <typename T>
 void rmsnorm_backward_cuda(float* dx, T* dx_copy, float* dgain, float* partials, const float* dy, const float* x,
                            const float* gain, const float* rstd, std::int64_t N, std::int64_t C, CUstream_st* stream);
