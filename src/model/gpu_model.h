@@ -61,9 +61,13 @@ class GpuModel {
   void last_logits(const std::int32_t* ids, std::int64_t T, float* logits);
 
   // One training step over grad_accum micro-batches of (batch, context_length): x and y hold
-  // grad_accum·batch·context_length ids each. Returns once the work is queued (the host may
-  // prepare the next batch); finish_step waits for it. The first step runs eagerly, the second
-  // is captured into a CUDA graph that later steps replay.
+  // grad_accum·batch·context_length ids each. stage_step does the host's share (copying the batch
+  // into pinned memory and grouping its tokens) and may run while the previous step is still on the
+  // device; submit_staged queues the copy and the step and returns (the host may prepare the next
+  // batch); finish_step waits for it. The first step runs eagerly, the second is captured into a
+  // CUDA graph that later steps replay. submit_step = stage_step + submit_staged.
+  void stage_step(const std::int32_t* x, const std::int32_t* y);
+  void submit_staged(const GpuStepIndex& index, const GpuOptimizerOptions& opt);
   void submit_step(const std::int32_t* x, const std::int32_t* y, const GpuStepIndex& index,
                    const GpuOptimizerOptions& opt);
   GpuStepStats finish_step();

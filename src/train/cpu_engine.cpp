@@ -22,8 +22,16 @@ class CpuEngine final : public TrainEngine {
         grads_(static_cast<std::size_t>(model.layout.total)),
         peak_(cfg.peak_flops > 0 ? cfg.peak_flops : measure_sgemm_flops()) {}
 
-  void submit_step(const std::int32_t* x, const std::int32_t* y, std::int64_t step) override {
+  void stage_step(const std::int32_t* x, const std::int32_t* y) override {
+    const std::size_t n = static_cast<std::size_t>(cfg_.grad_accum * cfg_.batch_size * cfg_.model.context_length);
+    x_.assign(x, x + n);
+    y_.assign(y, y + n);
+  }
+
+  void submit_step(std::int64_t step) override {
     const std::int64_t B = cfg_.batch_size, T = cfg_.model.context_length;
+    const std::int32_t* x = x_.data();
+    const std::int32_t* y = y_.data();
     result_ = {};
     result_.lr = cosine_lr(step, cfg_.lr_max, cfg_.lr_min, cfg_.warmup, cfg_.cycle);
     std::fill(grads_.begin(), grads_.end(), 0.0f);
@@ -67,6 +75,7 @@ class CpuEngine final : public TrainEngine {
   AdamWState& adam_;
   Activations acts_;
   std::vector<float> grads_;
+  std::vector<std::int32_t> x_, y_;   // the staged batch
   double peak_;
   StepResult result_;
 };

@@ -22,9 +22,13 @@ struct StepResult {
 class TrainEngine {
  public:
   virtual ~TrainEngine() = default;
-  // Starts step `step` (0-based) over grad_accum micro-batches: x and y hold grad_accum·B·T ids.
-  // The engine copies them before returning; the step may still be running (finish_step waits).
-  virtual void submit_step(const std::int32_t* x, const std::int32_t* y, std::int64_t step) = 0;
+  // A step in three calls, so that the host's work for the next step overlaps the device's:
+  //   stage_step(x, y)    the batch of the next step (x, y: grad_accum·B·T ids, copied before
+  //                       returning); may be called while the previous step still runs;
+  //   submit_step(step)   starts step `step` (0-based) on the staged batch;
+  //   finish_step()       waits for it.
+  virtual void stage_step(const std::int32_t* x, const std::int32_t* y) = 0;
+  virtual void submit_step(std::int64_t step) = 0;
   virtual StepResult finish_step() = 0;
   // Mean loss over one batch (B, T) of x and y, without touching gradients or weights.
   virtual double eval_loss(const std::int32_t* x, const std::int32_t* y) = 0;

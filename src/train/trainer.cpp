@@ -182,11 +182,17 @@ TrainResult run_training(const TrainConfig& cfg, const std::string& resume_check
     for (std::int64_t micro = 0; micro < cfg.grad_accum; ++micro)
       sample_batch(x.data() + micro * B * T, y.data() + micro * B * T, train, B, T, data_rng);
   };
-  if (state.step < cfg.steps) draw_batch();
+  if (state.step < cfg.steps) {
+    draw_batch();
+    engine->stage_step(x.data(), y.data());
+  }
   while (state.step < cfg.steps) {
-    engine->submit_step(x.data(), y.data(), state.step);
+    engine->submit_step(state.step);
     rng_at_step = data_rng.state();
-    if (state.step + 1 < cfg.steps) draw_batch();   // overlaps the device's step
+    if (state.step + 1 < cfg.steps) {   // the next batch, while the device runs this step
+      draw_batch();
+      engine->stage_step(x.data(), y.data());
+    }
     const StepResult r = engine->finish_step();
     const double loss = r.loss, norm = r.grad_norm, lr = r.lr;
     if (!r.updated) {

@@ -86,7 +86,10 @@ struct GpuModel::Impl {
 
   // Inputs: grad_accum micro-batches of micro_ints(N) ints, then a GpuStepIndex.
   GpuBuffer input;
-  std::unique_ptr<PinnedBuffer> input_host;
+  // Pinned host copies of the input block: two for training steps (the next step's block is staged
+  // while the current step runs), one for the eager passes.
+  std::unique_ptr<PinnedBuffer> step_host[2], eager_host;
+  int next_slot = 0, staged = -1;
   std::vector<std::int32_t> counts;   // group_tokens scratch (V)
   // Optimizer.
   GpuBuffer chunks, opt_scratch, stats;
@@ -409,7 +412,8 @@ GpuModel::GpuModel(const ModelConfig& c, const GpuModelOptions& o) : impl_(std::
     m.opt_scratch = GpuBuffer(kOptimizerScratch * 8);
   }
   m.input = GpuBuffer(m.input_bytes());
-  m.input_host = std::make_unique<PinnedBuffer>(m.input_bytes());
+  for (auto& slot : m.step_host) slot = std::make_unique<PinnedBuffer>(m.input_bytes());
+  m.eager_host = std::make_unique<PinnedBuffer>(m.input_bytes());
   m.counts.resize(static_cast<std::size_t>(V));
   m.stats = GpuBuffer(sizeof(GpuStepStats));
   m.stats_host = std::make_unique<PinnedBuffer>(sizeof(GpuStepStats));
@@ -462,7 +466,7 @@ void upload_micro(GpuModel::Impl& m, const std::int32_t* ids, const std::int32_t
   SLM_CHECK(B >= 1 && B <= m.o.batch && T_ >= 1 && T_ <= m.c.context_length, "batch ", B, "x", T_,
             " does not fit the buffers (", m.o.batch, "x", m.c.context_length, ")");
   const std::int64_t N = B * T_;
-  auto* host = static_cast<std::int32_t*>(m.input_host->ptr);
+  auto* host = static_cast<std::int32_t*>(m.eager_host->ptr);
   fill_micro(host, ids, targets, N, m.counts);
   SLM_CUDA_CHECK(cudaMemcpyAsync(m.input.data(), host, static_cast<std::size_t>(micro_ints(N) * 4),
                                  cudaMemcpyHostToDevice, m.stream));
@@ -521,10 +525,25 @@ void GpuModel::last_logits(const std::int32_t* ids, std::int64_t T_, float* logi
   download_logits(m, T_ - 1, 1, logits);
 }
 
+void GpuModel::stage_step(const std::int32_t* x, const std::int32_t* y) {
+  Impl& m = *impl_;
+  SLM_CHECK(m.o.with_backward && m.staged < 0, "a step is staged already");
+  // This slot's last copy to the device (two steps ago) has finished: finish_step waited for it.
+  auto* host = static_cast<std::int32_t*>(m.step_host[m.next_slot]->ptr);
+  for (std::int64_t micro = 0; micro < m.o.grad_accum; ++micro)
+    fill_micro(host + micro * micro_ints(m.N), x + micro * m.N, y + micro * m.N, m.N, m.counts);
+  m.staged = m.next_slot;
+}
+
 void GpuModel::submit_step(const std::int32_t* x, const std::int32_t* y, const GpuStepIndex& index,
                            const GpuOptimizerOptions& opt) {
+  stage_step(x, y);
+  submit_staged(index, opt);
+}
+
+void GpuModel::submit_staged(const GpuStepIndex& index, const GpuOptimizerOptions& opt) {
   Impl& m = *impl_;
-  SLM_CHECK(m.o.with_backward);
+  SLM_CHECK(m.staged >= 0, "no step staged");
   if (!m.opt_set) {
     m.opt = opt;
     const std::vector<AdamWChunk> chunks = adamw_chunks(m.layout, opt.adamw);
@@ -534,13 +553,12 @@ void GpuModel::submit_step(const std::int32_t* x, const std::int32_t* y, const G
     m.opt_set = true;
   }
   SLM_CHECK(std::memcmp(&m.opt, &opt, sizeof opt) == 0, "optimizer options changed between steps");
-  // The inputs, into pinned memory (the previous step's copy has finished: finish_step waited).
-  auto* host = static_cast<std::int32_t*>(m.input_host->ptr);
-  for (std::int64_t micro = 0; micro < m.o.grad_accum; ++micro)
-    fill_micro(host + micro * micro_ints(m.N), x + micro * m.N, y + micro * m.N, m.N, m.counts);
+  auto* host = static_cast<std::int32_t*>(m.step_host[m.staged]->ptr);
   std::memcpy(host + m.index_offset(), &index, sizeof index);
   SLM_CUDA_CHECK(cudaMemcpyAsync(m.input.data(), host, static_cast<std::size_t>(m.input_bytes()),
                                  cudaMemcpyHostToDevice, m.stream));
+  m.next_slot = 1 - m.staged;
+  m.staged = -1;
   auto record = [&] {
     if (m.o.precision == GpuPrecision::bf16) record_step<Bf16>(m);
     else record_step<float>(m);
@@ -568,11 +586,12 @@ std::string GpuModel::profile_step(const std::int32_t* x, const std::int32_t* y,
   std::vector<std::pair<const char*, cudaEvent_t>> marks;
   finish_step();
   SLM_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  stage_step(x, y);
   m.profile = &marks;
   mark(m, "start");
   const int submitted = m.steps_submitted;
   m.steps_submitted = 0;   // eager, so that the marks are recorded
-  submit_step(x, y, index, opt);
+  submit_staged(index, opt);
   m.steps_submitted = submitted + 1;
   m.profile = nullptr;
   finish_step();

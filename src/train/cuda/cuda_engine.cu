@@ -30,9 +30,9 @@ class CudaEngine final : public TrainEngine {
     peak_ = cfg.peak_flops > 0 ? cfg.peak_flops : (cfg.bf16 ? 989e12 : 67e12);
   }
 
-  void submit_step(const std::int32_t* x, const std::int32_t* y, std::int64_t step) override {
-    gpu_.submit_step(x, y, {.step = step, .adam_step = adam_.step}, opt_);
-  }
+  void stage_step(const std::int32_t* x, const std::int32_t* y) override { gpu_.stage_step(x, y); }
+
+  void submit_step(std::int64_t step) override { gpu_.submit_staged({.step = step, .adam_step = adam_.step}, opt_); }
 
   StepResult finish_step() override {
     const GpuStepStats s = gpu_.finish_step();
