@@ -1,9 +1,10 @@
 // Causal attention on bf16 tensor cores (mma.sync m16n8k16, fp32 accumulation), flash-attention-2
 // style: the T×T score matrix is never stored. Semantics and layouts: attention_cuda.h.
 //
-// Forward (attention_forward_mma_kernel), one block of 4 warps per (sequence b, head h, 64 queries):
-//   each warp owns 16 query rows and keeps their Q fragments, the running row max m, the running row
-//   sum l and the output accumulator O (16 × D, fp32) in registers. Key/value tiles of kBlockN rows
+// Forward (attention_forward_mma_kernel), one block of 4 warps per (sequence b, head h, 64·kMT
+//   queries): each warp owns 16·kMT query rows (kMT m-tiles of 16, see MmaTiles) and keeps their
+//   running row max m, running row sum l and output accumulator O (fp32) in registers, with Q's
+//   fragments in registers or re-read from shared memory. Key/value tiles of kBlockN rows
 //   are staged in shared memory with cp.async, double-buffered (tile n+1 loads while tile n is used):
 //     S = Q Kᵀ            (16 × kBlockN per warp)
 //     m' = max(m, rowmax S);  P = exp(scale·(S − m'));  l = l·exp(scale·(m − m')) + rowsum P
@@ -13,10 +14,10 @@
 //   that cross the diagonal are masked.
 // Backward, three kernels, no atomics (results are bit-identical run to run):
 //   attention_backward_delta_kernel      delta = rowsum(dO ⊙ O) (B, H, T), fp32;
-//   attention_backward_dq_mma_kernel     per 64 queries, loops over key tiles at or before them:
+//   attention_backward_dq_mma_kernel     per 64·kMT queries, loops over key tiles at or before them:
 //                                        P = exp(scale·S − lse), dP = dO Vᵀ, dS = P ⊙ (dP − delta),
 //                                        dQ = scale · dS K;
-//   attention_backward_dkdv_mma_kernel   per 64 keys (16 per warp), loops over query tiles at or
+//   attention_backward_dkdv_mma_kernel   per 64·kMT keys (16·kMT per warp), loops over query tiles at or
 //                                        after them, computing the transposed products
 //                                        Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, dV = Pᵀ dO, dK = scale · dSᵀ Q.
 //   Each output element is owned by one warp and summed in a fixed order.
@@ -40,7 +41,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -65,6 +65,34 @@ constexpr int kMinTileRows = kWarps * kRowsPerWarp;      // the smallest tile al
 constexpr int kMinBlocksPerSm = 2;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// Tile shapes per head dimension, measured on an H200 (bench/attention). kMT: m-tiles of 16 rows
+// per warp (a block is 4 warps, so 64·kMT queries or keys); two m-tiles let every K, V, Q or dO
+// fragment read from shared memory feed two mmas, which pays where registers allow it (255 per
+// thread at 2 blocks per SM; the D = 64 backward kernels spill 4 and 44 bytes, still the fastest of
+// the shapes tried: see -Xptxas -v). kBlockN / kBlockM: the loop tile;
+// kChunk: the n-blocks of dP live at once; k*InRegs: fragments kept in registers rather than
+// re-read from shared memory. D = 32 keeps one m-tile where T is short and blocks are many.
+template <int D>
+struct MmaTiles;
+template <>
+struct MmaTiles<32> {
+  struct Forward { static constexpr int kMT = 1, kBlockN = 64; static constexpr bool kQInRegs = true; };
+  struct Dq { static constexpr int kMT = 2, kBlockN = 64, kChunk = 8; };
+  struct Dkdv { static constexpr int kMT = 1, kBlockM = 64, kChunk = 8; static constexpr bool kKVInRegs = true; };
+};
+template <>
+struct MmaTiles<64> {
+  struct Forward { static constexpr int kMT = 2, kBlockN = 64; static constexpr bool kQInRegs = true; };
+  struct Dq { static constexpr int kMT = 2, kBlockN = 32, kChunk = 4; };
+  struct Dkdv { static constexpr int kMT = 2, kBlockM = 32, kChunk = 4; static constexpr bool kKVInRegs = false; };
+};
+template <>
+struct MmaTiles<128> {
+  struct Forward { static constexpr int kMT = 2, kBlockN = 32; static constexpr bool kQInRegs = false; };
+  struct Dq { static constexpr int kMT = 1, kBlockN = 32, kChunk = 4; };
+  struct Dkdv { static constexpr int kMT = 1, kBlockM = 32, kChunk = 4; static constexpr bool kKVInRegs = false; };
+};
 
 // ---- PTX wrappers ----------------------------------------------------------------------------
 // The "memory" clobbers keep the compiler from moving ordinary shared-memory accesses across them;
@@ -112,6 +140,15 @@ __device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const std::uint32_
       "{%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 2^x with the MUFU instruction, subnormal results flushed to zero (what exp2f becomes under
+// --use_fast_math; plain exp2f adds a rescaling around it to keep subnormals). Scores here are at
+// most 0 after the max subtraction, so only results below 2^-126 differ, by less than 2^-126.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 
 // Two floats rounded to nearest-even bf16, lo in the low half (the lower column of a fragment).
@@ -409,7 +446,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
           // A row with no visible key so far keeps max -inf; subtract 0 then so exp2 gives 0, not
           // NaN. (Cannot happen for causal rows, which always see key 0 in tile 0; kept as a guard.)
           max_scaled[r] = new_max[r] == -kInf ? 0.f : new_max[r] * scale_log2;
-          const float alpha = exp2f(row_max[mt][r] * scale_log2 - max_scaled[r]);   // rescales old terms
+          const float alpha = fast_exp2(row_max[mt][r] * scale_log2 - max_scaled[r]);   // rescales old terms
           row_max[mt][r] = new_max[r];
           row_sum[mt][r] *= alpha;
 #pragma unroll
@@ -423,7 +460,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
         for (int j = 0; j < kNB; ++j) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            s[mt][j][e] = exp2f(fmaf(s[mt][j][e], scale_log2, -max_scaled[e / 2]));
+            s[mt][j][e] = fast_exp2(fmaf(s[mt][j][e], scale_log2, -max_scaled[e / 2]));
             row_sum[mt][e / 2] += s[mt][j][e];
           }
         }
@@ -632,7 +669,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
         for (int j = 0; j < kNB; ++j)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            p[mt][j][e] = exp2f(fmaf(p[mt][j][e], scale_log2, -lse_log2[mt][e / 2]));
+            p[mt][j][e] = fast_exp2(fmaf(p[mt][j][e], scale_log2, -lse_log2[mt][e / 2]));
             if (masked_tile && n0 + j * 8 + 2 * t + (e % 2) > qw0 + mt * 16 + g + 8 * (e / 2)) p[mt][j][e] = 0.f;
           }
 
@@ -829,7 +866,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
             const int col = j * 8 + 2 * t + (e % 2);
             const int query = m0 + col;
             const int key = kw0 + mt * 16 + g + 8 * (e / 2);
-            p[mt][j][e] = exp2f(fmaf(p[mt][j][e], scale_log2, -lse_tile[col] * kLog2e));
+            p[mt][j][e] = fast_exp2(fmaf(p[mt][j][e], scale_log2, -lse_tile[col] * kLog2e));
             if (masked_tile && (query < key || query >= T)) p[mt][j][e] = 0.f;
           }
 
@@ -959,11 +996,6 @@ void set_smem(Kernel kernel, std::size_t bytes) {
 
 unsigned tiles_of(int T, int rows) { return static_cast<unsigned>((T + rows - 1) / rows); }
 
-int variant(const char* name) {   // TEMP: tuning
-  const char* v = std::getenv(name);
-  return v ? std::atoi(v) : 0;
-}
-
 template <int D, int kMT, int kBlockN, bool kQInRegs>
 void forward_cfg(bf16* out, float* lse, const bf16* qkv, const LaunchDims& n, cudaStream_t stream) {
   constexpr int kBlockM = kWarps * kRowsPerWarp * kMT;
@@ -1002,18 +1034,8 @@ void dkdv_cfg(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, c
 
 template <int D>
 void launch_forward(bf16* out, float* lse, const bf16* qkv, const LaunchDims& n, cudaStream_t stream) {
-  const int v = variant("SLM_FWD");
-  if constexpr (D == 32) {
-    if (v == 1) forward_cfg<32, 2, 128, true>(out, lse, qkv, n, stream);
-    else forward_cfg<32, 2, 64, true>(out, lse, qkv, n, stream);
-  } else if constexpr (D == 64) {
-    if (v == 1) forward_cfg<64, 2, 64, false>(out, lse, qkv, n, stream);
-    else if (v == 2) forward_cfg<64, 1, 64, true>(out, lse, qkv, n, stream);
-    else forward_cfg<64, 2, 64, true>(out, lse, qkv, n, stream);
-  } else {
-    if (v == 1) forward_cfg<128, 1, 64, true>(out, lse, qkv, n, stream);
-    else forward_cfg<128, 2, 32, false>(out, lse, qkv, n, stream);
-  }
+  using F = typename MmaTiles<D>::Forward;
+  forward_cfg<D, F::kMT, F::kBlockN, F::kQInRegs>(out, lse, qkv, n, stream);
 }
 
 template <int D>
@@ -1028,25 +1050,10 @@ void launch_backward(bf16* dqkv, float* delta, const bf16* dout, const bf16* qkv
                                                                                               n.T, n.H);
   SLM_CUDA_LAUNCH_CHECK();
 
-  const int vq = variant("SLM_DQ"), vk = variant("SLM_DKDV");
-  if constexpr (D == 32) {
-    if (vq == 1) dq_cfg<32, 2, 64, 8>(dqkv, dout, qkv, lse, delta, n, stream);
-    else dq_cfg<32, 2, 64, 2>(dqkv, dout, qkv, lse, delta, n, stream);
-    if (vk == 1) dkdv_cfg<32, 2, 64, false, 8>(dqkv, dout, qkv, lse, delta, n, stream);
-    else if (vk == 2) dkdv_cfg<32, 1, 64, true, 8>(dqkv, dout, qkv, lse, delta, n, stream);
-    else dkdv_cfg<32, 2, 64, true, 2>(dqkv, dout, qkv, lse, delta, n, stream);
-  } else if constexpr (D == 64) {
-    if (vq == 1) dq_cfg<64, 2, 32, 2>(dqkv, dout, qkv, lse, delta, n, stream);
-    else if (vq == 2) dq_cfg<64, 1, 64, 8>(dqkv, dout, qkv, lse, delta, n, stream);
-    else dq_cfg<64, 2, 32, 4>(dqkv, dout, qkv, lse, delta, n, stream);
-    if (vk == 1) dkdv_cfg<64, 2, 32, false, 2>(dqkv, dout, qkv, lse, delta, n, stream);
-    else if (vk == 2) dkdv_cfg<64, 1, 64, true, 8>(dqkv, dout, qkv, lse, delta, n, stream);
-    else dkdv_cfg<64, 2, 32, false, 4>(dqkv, dout, qkv, lse, delta, n, stream);
-  } else {
-    if (vq == 1) dq_cfg<128, 1, 32, 2>(dqkv, dout, qkv, lse, delta, n, stream);
-    else dq_cfg<128, 1, 32, 4>(dqkv, dout, qkv, lse, delta, n, stream);
-    dkdv_cfg<128, 1, 32, false, 4>(dqkv, dout, qkv, lse, delta, n, stream);
-  }
+  using Q = typename MmaTiles<D>::Dq;
+  using K = typename MmaTiles<D>::Dkdv;
+  dq_cfg<D, Q::kMT, Q::kBlockN, Q::kChunk>(dqkv, dout, qkv, lse, delta, n, stream);
+  dkdv_cfg<D, K::kMT, K::kBlockM, K::kKVInRegs, K::kChunk>(dqkv, dout, qkv, lse, delta, n, stream);
 }
 
 }  // namespace
