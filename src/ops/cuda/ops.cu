@@ -71,6 +71,18 @@ __global__ void embedding_backward_block_per_token_wide(float* dtable, const flo
   if (u >= *num_unique) return;
   const int begin = offsets[u], end = offsets[u + 1];
   float* row = dtable + static_cast<std::int64_t>(uniq[u]) * C;
+  if (end - begin <= 2) {   // most tokens of a batch: every thread of the block on its own columns
+    const int t = threadIdx.y * 32 + threadIdx.x;
+    for (std::int64_t c = 4 * t; c < C; c += 4 * 32 * kEmbeddingRowLanes) {
+      float4 o = *reinterpret_cast<float4*>(row + c);
+      for (int i = begin; i < end; ++i) {
+        const float4 v = *reinterpret_cast<const float4*>(dx + static_cast<std::int64_t>(positions[i]) * C + c);
+        o.x += v.x, o.y += v.y, o.z += v.z, o.w += v.w;
+      }
+      *reinterpret_cast<float4*>(row + c) = o;
+    }
+    return;   // the branch is the same for the whole block: no barrier is skipped by some threads only
+  }
   for (std::int64_t c0 = 0; c0 < C; c0 += 128) {   // 32 column lanes × 4 columns
     const std::int64_t c = c0 + 4 * threadIdx.x;
     float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
