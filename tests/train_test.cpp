@@ -362,6 +362,13 @@ TEST(TrainCommand, BadInputFailsCleanlyNamingTheProblem) {
   expect_clean_failure(run_cli({"train", "--config", f.config, "--out_dir", out, "--steps", "ten"}), {"--steps"});
   expect_clean_failure(run_cli({"train", "--config", f.config, "--out_dir", out, "--batch_size", "0"}), {"batch_size"});
   expect_clean_failure(run_cli({"train", "--resume", f.out("nowhere")}), {"nowhere"});
+  expect_clean_failure(run_cli({"train", "--config", f.config, "--out_dir", out, "--device", "tpu"}), {"device", "tpu"});
+  expect_clean_failure(run_cli({"train", "--config", f.config, "--out_dir", out, "--precision", "fp16"}),
+                       {"precision", "fp16"});
+  expect_clean_failure(run_cli({"train", "--config", f.config, "--out_dir", out, "--recompute", "yes"}), {"--recompute"});
+  if (cuda_device_count() == 0)
+    expect_clean_failure(run_cli({"train", "--config", f.config, "--out_dir", out, "--device", "cuda"}),
+                         {"device \"cuda\"", "--device cpu"});
   // a finished run: its checkpoint cannot be overwritten by a fresh start, nor loaded into another shape
   ASSERT_EQ(run_cli({"train", "--config", f.config, "--out_dir", out, "--steps", "2"}).exit_code, 0);
   expect_clean_failure(run_cli({"train", "--config", f.config, "--out_dir", out}), {"already holds checkpoints", "--resume"});
