@@ -38,12 +38,15 @@ struct GpuOptimizerOptions {
   double clip;   // 0 = off
 };
 
-// Contiguous pieces of the arena with one weight-decay setting, one block each.
+// Contiguous pieces of the arena with one weight-decay setting, one block each; copy_offset is
+// where the piece goes in the working-precision copy, whose layout may order tensors differently.
 struct AdamWChunk {
-  std::int64_t offset, count;
+  std::int64_t offset, count, copy_offset;
   std::int32_t decay;
 };
-std::vector<AdamWChunk> adamw_chunks(const ParamLayout& layout, const AdamWOptions& opt);
+// copy_offsets: per spec, its offset in the copy (empty: the arena's own layout).
+std::vector<AdamWChunk> adamw_chunks(const ParamLayout& layout, const AdamWOptions& opt,
+                                     const std::vector<std::int64_t>& copy_offsets = {});
 
 constexpr int kNormPartials = 264;   // blocks of the norm's first pass (2 per SM of an H100)
 constexpr int kOptimizerScratch = kNormPartials + 4;   // the partials, then the step's coefficients

@@ -33,11 +33,11 @@ struct PinnedBuffer {
   PinnedBuffer(const PinnedBuffer&) = delete;
 };
 
-// The feed-forward's hidden activations, (N, F) T each: a = W1 ln2, b = W3 ln2, h = silu(a) ⊙ b.
-// The largest activations of a layer; with recomputation one set serves every layer and backward
-// recomputes a layer's set from its ln2 before using it.
+// The feed-forward's hidden activations: ab (N, 2F) T = [W1 ln2 | W3 ln2] (one matrix product),
+// h (N, F) T = silu(a) ⊙ b. The largest activations of a layer; with recomputation one set serves
+// every layer and backward recomputes a layer's set from its ln2 before using it.
 struct FfnBuffers {
-  GpuBuffer a, b, h;
+  GpuBuffer ab, h;
 };
 
 // One layer's saved activations. Lifetimes: written by forward, read by backward of the same pass.
@@ -66,6 +66,9 @@ struct GpuModel::Impl {
 
   // Arenas (layout.total floats) and the working-precision weights (bf16 only; fp32 reads params).
   GpuBuffer params, grads, m, v, params_copy;
+  // Per parameter tensor, its offset in params_copy: the arena's order except that each layer's
+  // w3 follows its w1, so that [W1; W3] is one (2F, C) matrix for the fused up-projection.
+  std::vector<std::int64_t> copy_offset;
   GpuBuffer rope_cos, rope_sin;   // (context, D/2)
 
   // Activations (see LayerBuffers); resid[2l] is block l's input, resid[2l+1] its middle,
@@ -80,7 +83,8 @@ struct GpuModel::Impl {
   GpuBuffer dln;         // (N, C) f32  gradient of a norm's output
   GpuBuffer dattn;       // (N, C) T
   GpuBuffer dqkv;        // (N, 3C) T
-  GpuBuffer dh, da, db;  // (N, F) T
+  GpuBuffer dh;          // (N, F) T
+  GpuBuffer dab;         // (N, 2F) T  [da | db]
   GpuBuffer delta;       // (B, H, T) f32
   GpuBuffer norm_partials;   // (kRmsnormPartials, C) f32
 
@@ -137,7 +141,7 @@ void mark(GpuModel::Impl& m, const char* part) {
 template <typename T>
 const T* weight(const GpuModel::Impl& m, std::size_t spec) {
   if constexpr (std::is_same_v<T, float>) return m.at(m.params, spec);
-  else return m.params_copy.as<T>() + m.layout.specs[spec].offset;
+  else return m.params_copy.as<T>() + m.copy_offset[spec];
 }
 
 template <typename T>
@@ -145,19 +149,25 @@ T* buf(const GpuBuffer& b) { return b.as<T>(); }
 
 FfnBuffers& ffn_of(GpuModel::Impl& m, std::int64_t l) { return m.o.recompute ? m.ffn_shared : m.layers[l].ffn; }
 
-// The feed-forward's up projections and gate for layer l: a, b, h from ln2 (forward, and backward
-// when recomputing).
+// The feed-forward's up projections and gate for layer l: ab, h from ln2 (forward, and backward
+// when recomputing). In bf16 [W1; W3] is one matrix of the working copy: one product; in fp32 the
+// master weights are read in place, W1 and W3 apart: two products into the halves of ab.
 template <typename T>
 void ffn_up(GpuModel::Impl& m, std::int64_t l, std::int64_t N) {
   const std::int64_t C = m.c.d_model, F = m.c.d_ff;
   const LayerBuffers& a = m.layers[l];
   FfnBuffers& f = ffn_of(m, l);
-  gemm(m.gemm, buf<T>(f.a), buf<T>(a.ln2), weight<T>(m, SpecIndex::layer(l, kW1)), linear_shape(N, C, F), 1.0f, 0.0f,
-       m.stream);
-  gemm(m.gemm, buf<T>(f.b), buf<T>(a.ln2), weight<T>(m, SpecIndex::layer(l, kW3)), linear_shape(N, C, F), 1.0f, 0.0f,
-       m.stream);
+  if constexpr (std::is_same_v<T, Bf16>) {
+    gemm(m.gemm, buf<T>(f.ab), buf<T>(a.ln2), weight<T>(m, SpecIndex::layer(l, kW1)), linear_shape(N, C, 2 * F), 1.0f,
+         0.0f, m.stream);
+  } else {
+    GemmShape half = linear_shape(N, C, F);
+    half.ldd = 2 * F;
+    gemm(m.gemm, buf<T>(f.ab), buf<T>(a.ln2), weight<T>(m, SpecIndex::layer(l, kW1)), half, 1.0f, 0.0f, m.stream);
+    gemm(m.gemm, buf<T>(f.ab) + F, buf<T>(a.ln2), weight<T>(m, SpecIndex::layer(l, kW3)), half, 1.0f, 0.0f, m.stream);
+  }
   mark(m, "matmul w1 w3 forward");
-  swiglu_forward_cuda(buf<T>(f.h), buf<T>(f.a), buf<T>(f.b), N * F, m.stream);
+  swiglu_forward_cuda(buf<T>(f.h), buf<T>(f.ab), N, F, m.stream);
   mark(m, "swiglu forward");
 }
 
@@ -257,12 +267,22 @@ void backward(GpuModel::Impl& m, const TokenGroups& groups, std::int64_t B, std:
          s);
     gemm(m.gemm, g(SpecIndex::layer(l, kW2)), dres_in, buf<T>(f.h), linear_dw_shape(N, F, C), 1.0f, 1.0f, s);
     mark(m, "matmul w2 backward");
-    swiglu_backward_cuda(buf<T>(m.da), buf<T>(m.db), buf<T>(m.dh), buf<T>(f.a), buf<T>(f.b), N * F, s);
+    swiglu_backward_cuda(buf<T>(m.dab), buf<T>(m.dh), buf<T>(f.ab), N, F, s);
     mark(m, "swiglu backward");
-    gemm(m.gemm, dln, buf<T>(m.da), weight<T>(m, SpecIndex::layer(l, kW1)), linear_dx_shape(N, C, F), 1.0f, 0.0f, s);
-    gemm(m.gemm, dln, buf<T>(m.db), weight<T>(m, SpecIndex::layer(l, kW3)), linear_dx_shape(N, C, F), 1.0f, 1.0f, s);
-    gemm(m.gemm, g(SpecIndex::layer(l, kW1)), buf<T>(m.da), buf<T>(a.ln2), linear_dw_shape(N, C, F), 1.0f, 1.0f, s);
-    gemm(m.gemm, g(SpecIndex::layer(l, kW3)), buf<T>(m.db), buf<T>(a.ln2), linear_dw_shape(N, C, F), 1.0f, 1.0f, s);
+    T* dab = buf<T>(m.dab);
+    if constexpr (std::is_same_v<T, Bf16>) {   // dln = [da | db] · [W1; W3]
+      gemm(m.gemm, dln, static_cast<const T*>(dab), weight<T>(m, SpecIndex::layer(l, kW1)),
+           linear_dx_shape(N, C, 2 * F), 1.0f, 0.0f, s);
+    } else {
+      GemmShape half = linear_dx_shape(N, C, F);
+      half.lda = 2 * F;
+      gemm(m.gemm, dln, static_cast<const T*>(dab), weight<T>(m, SpecIndex::layer(l, kW1)), half, 1.0f, 0.0f, s);
+      gemm(m.gemm, dln, static_cast<const T*>(dab + F), weight<T>(m, SpecIndex::layer(l, kW3)), half, 1.0f, 1.0f, s);
+    }
+    GemmShape dw = linear_dw_shape(N, C, F);
+    dw.lda = 2 * F;
+    gemm(m.gemm, g(SpecIndex::layer(l, kW1)), static_cast<const T*>(dab), buf<T>(a.ln2), dw, 1.0f, 1.0f, s);
+    gemm(m.gemm, g(SpecIndex::layer(l, kW3)), static_cast<const T*>(dab + F), buf<T>(a.ln2), dw, 1.0f, 1.0f, s);
     mark(m, "matmul w1 w3 backward");
     rmsnorm_backward_cuda(dresid, dresid_t, g(SpecIndex::layer(l, kLn2)), partials, dln, buf<float>(m.resid[2 * l + 1]),
                           gain(SpecIndex::layer(l, kLn2)), buf<float>(a.rstd2), N, C, s);
@@ -366,7 +386,22 @@ GpuModel::GpuModel(const ModelConfig& c, const GpuModelOptions& o) : impl_(std::
   SLM_CUDA_CHECK(cudaEventCreateWithFlags(&m.done, cudaEventDisableTiming));
 
   m.params = GpuBuffer(P * 4);
-  if (o.precision == GpuPrecision::bf16) m.params_copy = GpuBuffer(P * 2);
+  if (o.precision == GpuPrecision::bf16) {
+    m.params_copy = GpuBuffer(P * 2);
+    // The arena's order, with each layer's w3 moved in front of its w2.
+    m.copy_offset.resize(m.layout.specs.size());
+    std::int64_t next = 0;
+    auto place = [&](std::size_t spec) {
+      m.copy_offset[spec] = next;
+      next += m.layout.specs[spec].numel();
+    };
+    place(SpecIndex::embedding());
+    for (std::int64_t l = 0; l < L; ++l)
+      for (int k : {kLn1, kWq, kWk, kWv, kWo, kLn2, kW1, kW3, kW2}) place(SpecIndex::layer(l, k));
+    place(SpecIndex::ln_final(L));
+    place(SpecIndex::lm_head(L));
+    SLM_CHECK(next == P);
+  }
   if (o.with_backward) {
     m.grads = GpuBuffer(P * 4);
     m.m = GpuBuffer(P * 4);
@@ -391,9 +426,9 @@ GpuModel::GpuModel(const ModelConfig& c, const GpuModelOptions& o) : impl_(std::
     a.lse = GpuBuffer(B * H * T_ * 4);
     a.ln2 = GpuBuffer(N * C * e);
     a.rstd2 = GpuBuffer(N * 4);
-    if (!o.recompute) a.ffn = {GpuBuffer(N * F * e), GpuBuffer(N * F * e), GpuBuffer(N * F * e)};
+    if (!o.recompute) a.ffn = {GpuBuffer(N * 2 * F * e), GpuBuffer(N * F * e)};
   }
-  if (o.recompute) m.ffn_shared = {GpuBuffer(N * F * e), GpuBuffer(N * F * e), GpuBuffer(N * F * e)};
+  if (o.recompute) m.ffn_shared = {GpuBuffer(N * 2 * F * e), GpuBuffer(N * F * e)};
   m.ln_final = GpuBuffer(N * C * e);
   m.rstd_final = GpuBuffer(N * 4);
   m.logits = GpuBuffer(N * V * e);
@@ -405,8 +440,7 @@ GpuModel::GpuModel(const ModelConfig& c, const GpuModelOptions& o) : impl_(std::
     m.dattn = GpuBuffer(N * C * e);
     m.dqkv = GpuBuffer(N * 3 * C * e);
     m.dh = GpuBuffer(N * F * e);
-    m.da = GpuBuffer(N * F * e);
-    m.db = GpuBuffer(N * F * e);
+    m.dab = GpuBuffer(N * 2 * F * e);
     m.delta = GpuBuffer(B * H * T_ * 4);
     m.norm_partials = GpuBuffer(kRmsnormPartials * C * 4);
     m.opt_scratch = GpuBuffer(kOptimizerScratch * 8);
@@ -432,7 +466,9 @@ void GpuModel::set_params(const float* params) {
   Impl& m = *impl_;
   copy_to_gpu(m.params.data(), params, m.params.bytes());
   if (m.o.precision == GpuPrecision::bf16) {
-    convert_cuda(m.params_copy.as<Bf16>(), m.params.as<float>(), m.layout.total, m.stream);
+    for (std::size_t k = 0; k < m.layout.specs.size(); ++k)
+      convert_cuda(m.params_copy.as<Bf16>() + m.copy_offset[k], m.params.as<float>() + m.layout.specs[k].offset,
+                   m.layout.specs[k].numel(), m.stream);
     SLM_CUDA_CHECK(cudaStreamSynchronize(m.stream));
   }
 }
@@ -546,7 +582,7 @@ void GpuModel::submit_staged(const GpuStepIndex& index, const GpuOptimizerOption
   SLM_CHECK(m.staged >= 0, "no step staged");
   if (!m.opt_set) {
     m.opt = opt;
-    const std::vector<AdamWChunk> chunks = adamw_chunks(m.layout, opt.adamw);
+    const std::vector<AdamWChunk> chunks = adamw_chunks(m.layout, opt.adamw, m.copy_offset);
     m.num_chunks = static_cast<std::int64_t>(chunks.size());
     m.chunks = GpuBuffer(m.num_chunks * static_cast<std::int64_t>(sizeof(AdamWChunk)));
     copy_to_gpu(m.chunks.data(), chunks.data(), m.chunks.bytes());
@@ -633,10 +669,10 @@ std::string GpuModel::memory_plan() const {
   double saved = 0;
   for (const GpuBuffer& r : m.resid) saved += static_cast<double>(r.bytes());
   for (const LayerBuffers& a : m.layers)
-    saved += sum({&a.ln1, &a.rstd1, &a.qkv, &a.attn, &a.lse, &a.ln2, &a.rstd2, &a.ffn.a, &a.ffn.b, &a.ffn.h});
-  saved += sum({&m.ffn_shared.a, &m.ffn_shared.b, &m.ffn_shared.h});
+    saved += sum({&a.ln1, &a.rstd1, &a.qkv, &a.attn, &a.lse, &a.ln2, &a.rstd2, &a.ffn.ab, &a.ffn.h});
+  saved += sum({&m.ffn_shared.ab, &m.ffn_shared.h});
   saved += sum({&m.ln_final, &m.rstd_final, &m.losses});
-  const double scratch = sum({&m.dresid, &m.dresid_t, &m.dln, &m.dattn, &m.dqkv, &m.dh, &m.da, &m.db, &m.delta,
+  const double scratch = sum({&m.dresid, &m.dresid_t, &m.dln, &m.dattn, &m.dqkv, &m.dh, &m.dab, &m.delta,
                               &m.norm_partials});
   return str("memory plan (GPU, ", precision_name(m.o.precision), "): parameters fp32 ",
              human_bytes(static_cast<double>(m.params.bytes())), " + working copy ",

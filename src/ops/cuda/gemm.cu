@@ -14,6 +14,15 @@ constexpr std::size_t kWorkspaceBytes = 32u << 20;
 
 cudaDataType_t cuda_type(GpuType t) { return t == GpuType::f32 ? CUDA_R_32F : CUDA_R_16BF; }
 
+// The largest power of two (up to 256) dividing the address: cuBLASLt's heuristic must know it, since
+// an algorithm chosen for aligned operands may not run on less aligned ones (views into the arenas).
+std::uint32_t alignment(const void* p) {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  std::uint32_t align = 256;
+  while (align > 1 && a % align != 0) align /= 2;
+  return align;
+}
+
 // One cuBLASLt matrix layout: `rows` × `cols` column-major with leading dimension ld.
 struct Layout {
   cublasLtMatrixLayout_t handle = nullptr;
@@ -32,7 +41,7 @@ struct GemmContext::Impl {
   GpuBuffer workspace{static_cast<std::int64_t>(kWorkspaceBytes)};
   // Heuristic choice per (shape, types, beta != 0, C separate).
   using Key = std::tuple<std::int64_t, std::int64_t, std::int64_t, int, int, std::int64_t, std::int64_t, std::int64_t,
-                         int, int, bool>;
+                         int, int, bool, std::uint32_t, std::uint32_t, std::uint32_t, std::uint32_t>;
   std::map<Key, cublasLtMatmulAlgo_t> algos;
 };
 
@@ -58,8 +67,11 @@ void GemmContext::gemm(void* D, GpuType d_type, const void* A, const void* B, Gp
   SLM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_x, sizeof op_x));
   SLM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_y, sizeof op_y));
 
+  const void* c_ptr = C ? C : D;
+  const std::uint32_t align_x = alignment(B), align_y = alignment(A), align_c = alignment(c_ptr), align_d = alignment(D);
   const Impl::Key key{s.M, s.N, s.K, static_cast<int>(s.ta), static_cast<int>(s.tb), s.lda, s.ldb, s.ldd,
-                      static_cast<int>(d_type), static_cast<int>(ab_type), beta != 0.0f};
+                      static_cast<int>(d_type), static_cast<int>(ab_type), beta != 0.0f, align_x, align_y, align_c,
+                      align_d};
   auto it = impl_->algos.find(key);
   if (it == impl_->algos.end()) {
     cublasLtMatmulPreference_t pref = nullptr;
@@ -72,6 +84,11 @@ void GemmContext::gemm(void* D, GpuType d_type, const void* A, const void* B, Gp
                                   CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE;
     SLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes,
                                                           sizeof schemes));
+    for (auto [attr, value] : {std::pair{CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align_x},
+                               std::pair{CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_y},
+                               std::pair{CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_c},
+                               std::pair{CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_d}})
+      SLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof value));
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
     SLM_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(impl_->handle, desc, x_layout.handle, y_layout.handle,
@@ -81,7 +98,7 @@ void GemmContext::gemm(void* D, GpuType d_type, const void* A, const void* B, Gp
     it = impl_->algos.emplace(key, result.algo).first;
   }
   SLM_CUBLAS_CHECK(cublasLtMatmul(impl_->handle, desc, &alpha, B, x_layout.handle, A, y_layout.handle, &beta,
-                                  C ? C : D, d_layout.handle, D, d_layout.handle, &it->second,
+                                  c_ptr, d_layout.handle, D, d_layout.handle, &it->second,
                                   impl_->workspace.data(), kWorkspaceBytes, stream));
   cublasLtMatmulDescDestroy(desc);
 }

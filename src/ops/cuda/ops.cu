@@ -264,36 +264,52 @@ __global__ void rope_qk_packed(T* qkv, const float* cos, const float* sin, std::
 
 // ---- SwiGLU ------------------------------------------------------------------------------------
 
+// Element i of h (N, F) sits at row n = i / F, column f = i % F; its a and b at ab[n][f], ab[n][F + f].
 template <typename T>
-__global__ void swiglu_forward_elementwise(T* h, const T* a, const T* b, std::int64_t n) {
+__global__ void swiglu_forward_elementwise(T* h, const T* ab, std::int64_t N, std::int64_t F) {
   const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  const float x = load_f(a + i);
-  store_f(h + i, x / (1.0f + __expf(-x)) * load_f(b + i));
+  if (i >= N * F) return;
+  const T* a = ab + (i / F) * 2 * F + i % F;
+  const float x = load_f(a);
+  store_f(h + i, x / (1.0f + __expf(-x)) * load_f(a + F));
 }
 
-// The same, one 16-byte pack per thread (n a multiple of the pack, pointers aligned).
+// h = silu(a)·b: da = dh·b·σ(a)·(1 + a·(1 − σ(a))), db = dh·silu(a).
 template <typename T>
-__global__ void swiglu_forward_packed(T* h, const T* a, const T* b, std::int64_t packs) {
+__global__ void swiglu_backward_elementwise(T* dab, const T* dh, const T* ab, std::int64_t N, std::int64_t F) {
   const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= packs) return;
+  if (i >= N * F) return;
+  const std::int64_t at = (i / F) * 2 * F + i % F;
+  const float x = load_f(ab + at), y = load_f(ab + at + F), g = load_f(dh + i);
+  const float sig = 1.0f / (1.0f + __expf(-x));
+  store_f(dab + at, g * y * sig * (1.0f + x * (1.0f - sig)));
+  store_f(dab + at + F, g * x * sig);
+}
+
+// The same, one 16-byte pack per thread (F a multiple of the pack, pointers aligned).
+template <typename T>
+__global__ void swiglu_forward_packed(T* h, const T* ab, std::int64_t N, std::int64_t F) {
   constexpr int P = Pack<T>::n;
-  const Pack<T> av = load_pack(a + i * P), bv = load_pack(b + i * P);
+  const std::int64_t i = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * P;
+  if (i >= N * F) return;
+  const std::int64_t at = (i / F) * 2 * F + i % F;
+  const Pack<T> av = load_pack(ab + at), bv = load_pack(ab + at + F);
   Pack<T> hv;
 #pragma unroll
   for (int k = 0; k < P; ++k) {
     const float x = av.get(k);
     hv.set(k, x / (1.0f + __expf(-x)) * bv.get(k));
   }
-  store_pack(h + i * P, hv);
+  store_pack(h + i, hv);
 }
 
 template <typename T>
-__global__ void swiglu_backward_packed(T* da, T* db, const T* dh, const T* a, const T* b, std::int64_t packs) {
-  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= packs) return;
+__global__ void swiglu_backward_packed(T* dab, const T* dh, const T* ab, std::int64_t N, std::int64_t F) {
   constexpr int P = Pack<T>::n;
-  const Pack<T> av = load_pack(a + i * P), bv = load_pack(b + i * P), gv = load_pack(dh + i * P);
+  const std::int64_t i = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * P;
+  if (i >= N * F) return;
+  const std::int64_t at = (i / F) * 2 * F + i % F;
+  const Pack<T> av = load_pack(ab + at), bv = load_pack(ab + at + F), gv = load_pack(dh + i);
   Pack<T> dav, dbv;
 #pragma unroll
   for (int k = 0; k < P; ++k) {
@@ -302,19 +318,8 @@ __global__ void swiglu_backward_packed(T* da, T* db, const T* dh, const T* a, co
     dav.set(k, g * y * sig * (1.0f + x * (1.0f - sig)));
     dbv.set(k, g * x * sig);
   }
-  store_pack(da + i * P, dav);
-  store_pack(db + i * P, dbv);
-}
-
-// h = silu(a)·b: da = dh·b·σ(a)·(1 + a·(1 − σ(a))), db = dh·silu(a).
-template <typename T>
-__global__ void swiglu_backward_elementwise(T* da, T* db, const T* dh, const T* a, const T* b, std::int64_t n) {
-  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  const float x = load_f(a + i), y = load_f(b + i), g = load_f(dh + i);
-  const float sig = 1.0f / (1.0f + __expf(-x));
-  store_f(da + i, g * y * sig * (1.0f + x * (1.0f - sig)));
-  store_f(db + i, g * x * sig);
+  store_pack(dab + at, dav);
+  store_pack(dab + at + F, dbv);
 }
 
 // ---- classifier --------------------------------------------------------------------------------
@@ -540,25 +545,24 @@ void rope_qk_cuda(T* qkv, const float* cos, const float* sin, std::int64_t B, st
 }
 
 template <typename T>
-void swiglu_forward_cuda(T* h, const T* a, const T* b, std::int64_t n, CUstream_st* stream) {
-  if (n == 0) return;
+void swiglu_forward_cuda(T* h, const T* ab, std::int64_t N, std::int64_t F, CUstream_st* stream) {
+  if (N * F == 0) return;
   constexpr int P = Pack<device_t<T>>::n;
-  if (n % P == 0 && aligned16(h) && aligned16(a) && aligned16(b))
-    swiglu_forward_packed<<<blocks_for(n / P, 256), 256, 0, stream>>>(dev(h), dev(a), dev(b), n / P);
+  if (F % P == 0 && aligned16(h) && aligned16(ab))
+    swiglu_forward_packed<<<blocks_for(N * F / P, 256), 256, 0, stream>>>(dev(h), dev(ab), N, F);
   else
-    swiglu_forward_elementwise<<<blocks_for(n, 256), 256, 0, stream>>>(dev(h), dev(a), dev(b), n);
+    swiglu_forward_elementwise<<<blocks_for(N * F, 256), 256, 0, stream>>>(dev(h), dev(ab), N, F);
   SLM_CUDA_LAUNCH_CHECK();
 }
 
 template <typename T>
-void swiglu_backward_cuda(T* da, T* db, const T* dh, const T* a, const T* b, std::int64_t n, CUstream_st* stream) {
-  if (n == 0) return;
+void swiglu_backward_cuda(T* dab, const T* dh, const T* ab, std::int64_t N, std::int64_t F, CUstream_st* stream) {
+  if (N * F == 0) return;
   constexpr int P = Pack<device_t<T>>::n;
-  if (n % P == 0 && aligned16(da) && aligned16(db) && aligned16(dh) && aligned16(a) && aligned16(b))
-    swiglu_backward_packed<<<blocks_for(n / P, 256), 256, 0, stream>>>(dev(da), dev(db), dev(dh), dev(a), dev(b),
-                                                                        n / P);
+  if (F % P == 0 && aligned16(dab) && aligned16(dh) && aligned16(ab))
+    swiglu_backward_packed<<<blocks_for(N * F / P, 256), 256, 0, stream>>>(dev(dab), dev(dh), dev(ab), N, F);
   else
-    swiglu_backward_elementwise<<<blocks_for(n, 256), 256, 0, stream>>>(dev(da), dev(db), dev(dh), dev(a), dev(b), n);
+    swiglu_backward_elementwise<<<blocks_for(N * F, 256), 256, 0, stream>>>(dev(dab), dev(dh), dev(ab), N, F);
   SLM_CUDA_LAUNCH_CHECK();
 }
 
@@ -595,8 +599,8 @@ void convert_cuda(T* dst, const float* src, std::int64_t n, CUstream_st* stream)
                                          const float*, std::int64_t, std::int64_t, CUstream_st*);              \
   template void rope_qk_cuda<T>(T*, const float*, const float*, std::int64_t, std::int64_t, std::int64_t,         \
                                 std::int64_t, RopeDirection, CUstream_st*);                                     \
-  template void swiglu_forward_cuda<T>(T*, const T*, const T*, std::int64_t, CUstream_st*);                      \
-  template void swiglu_backward_cuda<T>(T*, T*, const T*, const T*, const T*, std::int64_t, CUstream_st*);       \
+  template void swiglu_forward_cuda<T>(T*, const T*, std::int64_t, std::int64_t, CUstream_st*);                  \
+  template void swiglu_backward_cuda<T>(T*, const T*, const T*, std::int64_t, std::int64_t, CUstream_st*);       \
   template void classifier_cuda<T>(T*, float*, const std::int32_t*, std::int64_t, std::int64_t, float,           \
                                    CUstream_st*);                                                                \
   template void convert_cuda<T>(T*, const float*, std::int64_t, CUstream_st*);

@@ -54,12 +54,13 @@ template <typename T>
 void rope_qk_cuda(T* qkv, const float* cos, const float* sin, std::int64_t B, std::int64_t T_, std::int64_t H,
                   std::int64_t D, RopeDirection dir, CUstream_st* stream);
 
-// h = silu(a) ⊙ b over n elements.
+// The SwiGLU gate on the fused up-projection: ab (N, 2F) holds a = W1 x in its first F columns and
+// b = W3 x in its last F (one matrix product makes both); h (N, F) = silu(a) ⊙ b.
 template <typename T>
-void swiglu_forward_cuda(T* h, const T* a, const T* b, std::int64_t n, CUstream_st* stream);
-// da, db (overwritten) from dh.
+void swiglu_forward_cuda(T* h, const T* ab, std::int64_t N, std::int64_t F, CUstream_st* stream);
+// dab (N, 2F) overwritten with [da | db] from dh (N, F).
 template <typename T>
-void swiglu_backward_cuda(T* da, T* db, const T* dh, const T* a, const T* b, std::int64_t n, CUstream_st* stream);
+void swiglu_backward_cuda(T* dab, const T* dh, const T* ab, std::int64_t N, std::int64_t F, CUstream_st* stream);
 
 // The fused classifier: for each row of logits (N, V), losses[n] = logsumexp − logit[target]; when
 // grad_scale != 0 the row is overwritten in place with dlogits = (softmax − onehot) · grad_scale.

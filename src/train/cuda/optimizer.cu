@@ -10,13 +10,16 @@
 
 namespace scratchlm {
 
-std::vector<AdamWChunk> adamw_chunks(const ParamLayout& layout, const AdamWOptions& opt) {
+std::vector<AdamWChunk> adamw_chunks(const ParamLayout& layout, const AdamWOptions& opt,
+                                     const std::vector<std::int64_t>& copy_offsets) {
   constexpr std::int64_t kChunk = 16384;
   std::vector<AdamWChunk> chunks;
-  for (const ParamSpec& spec : layout.specs) {
+  for (std::size_t k = 0; k < layout.specs.size(); ++k) {
+    const ParamSpec& spec = layout.specs[k];
     const bool decay = opt.weight_decay != 0.0 && (opt.decay_norm_gains || !spec.is_norm_gain);
+    const std::int64_t copy = copy_offsets.empty() ? spec.offset : copy_offsets[k];
     for (std::int64_t i = 0; i < spec.numel(); i += kChunk)
-      chunks.push_back({spec.offset + i, std::min(kChunk, spec.numel() - i), decay ? 1 : 0});
+      chunks.push_back({spec.offset + i, std::min(kChunk, spec.numel() - i), copy + i, decay ? 1 : 0});
   }
   return chunks;
 }
@@ -105,7 +108,7 @@ __global__ void adamw_block_per_chunk(float* params, T* params_copy, const float
     params[i] = p;
     m[i] = mi;
     v[i] = vi;
-    if (params_copy) store_f(params_copy + i, p);
+    if (params_copy) store_f(params_copy + chunk.copy_offset + k, p);
   }
 }
 
