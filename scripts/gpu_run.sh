@@ -29,7 +29,7 @@ if [[ ",$what," == *,tests,* ]]; then
 fi
 if [[ ",$what," == *,profile,* ]]; then   # where the step's time goes, per part
   for c in ts-17M gpt2s-124M; do
-    .device/build/scratchlm_bench_gpu bench/train_gpu/configs/$c.json --steps 10 --profile 1 2>&1 | grep -v "^  activations\|^memory plan\|^  total" | tee -a "$out/profile.log"
+    .device/build/scratchlm_bench_gpu bench/train_gpu/configs/$c.json --steps 10 --profile 1 2>&1 | tee -a "$out/profile.log"
   done
 fi
 if [[ ",$what," == *,bench,* ]]; then

@@ -12,9 +12,10 @@
 //   and at the end O / l and lse = scale·m + log l. The exponentials are exp2 with log2(e) folded
 //   into the scale. Causality: key tiles after the block's last query are never loaded; only tiles
 //   that cross the diagonal are masked.
-// Backward, three kernels, no atomics (results are bit-identical run to run):
-//   attention_backward_delta_kernel      delta = rowsum(dO ⊙ O) (B, H, T), fp32;
-//   attention_backward_dq_mma_kernel     per 64·kMT queries, loops over key tiles at or before them:
+// Backward, two kernels, no atomics (results are bit-identical run to run):
+//   attention_backward_dq_mma_kernel     per 64·kMT queries: first delta = rowsum(dO ⊙ O) of its rows
+//                                        (fp32, also written to the delta scratch for the next
+//                                        kernel), then loops over key tiles at or before them:
 //                                        P = exp(scale·S − lse), dP = dO Vᵀ, dS = P ⊙ (dP − delta),
 //                                        dQ = scale · dS K;
 //   attention_backward_dkdv_mma_kernel   per 64·kMT keys (16·kMT per warp), loops over query tiles at or
@@ -72,26 +73,39 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 // thread at 2 blocks per SM; the D = 64 backward kernels spill 4 and 44 bytes, still the fastest of
 // the shapes tried: see -Xptxas -v). kBlockN / kBlockM: the loop tile;
 // kChunk: the n-blocks of dP live at once; k*InRegs: fragments kept in registers rather than
-// re-read from shared memory. D = 32 keeps one m-tile where T is short and blocks are many.
+// re-read from shared memory. kMinBlocks: the __launch_bounds__ occupancy hint (2 = up to 255
+// registers). D = 32 (short T, many small blocks: latency-bound) is fastest with tighter register
+// caps and more resident blocks: measured at B=128, H=16, T=256 on an H200, forward 0.094 -> 0.083 ms,
+// backward 0.290 -> 0.219 ms together with the delta fusion (dK/dV re-reads K, V from shared memory
+// at 128 registers, 4 bytes of spill; dQ at 168 registers, 8 bytes).
 template <int D>
 struct MmaTiles;
 template <>
 struct MmaTiles<32> {
-  struct Forward { static constexpr int kMT = 1, kBlockN = 64; static constexpr bool kQInRegs = true; };
-  struct Dq { static constexpr int kMT = 2, kBlockN = 64, kChunk = 8; };
-  struct Dkdv { static constexpr int kMT = 1, kBlockM = 64, kChunk = 8; static constexpr bool kKVInRegs = true; };
+  struct Forward { static constexpr int kMT = 2, kBlockN = 64, kMinBlocks = 3; static constexpr bool kQInRegs = true; };
+  struct Dq { static constexpr int kMT = 2, kBlockN = 32, kChunk = 4, kMinBlocks = 3; };
+  struct Dkdv {
+    static constexpr int kMT = 1, kBlockM = 64, kChunk = 8, kMinBlocks = 4;
+    static constexpr bool kKVInRegs = false;
+  };
 };
 template <>
 struct MmaTiles<64> {
-  struct Forward { static constexpr int kMT = 2, kBlockN = 64; static constexpr bool kQInRegs = true; };
-  struct Dq { static constexpr int kMT = 2, kBlockN = 32, kChunk = 4; };
-  struct Dkdv { static constexpr int kMT = 2, kBlockM = 32, kChunk = 4; static constexpr bool kKVInRegs = false; };
+  struct Forward { static constexpr int kMT = 2, kBlockN = 64, kMinBlocks = kMinBlocksPerSm; static constexpr bool kQInRegs = true; };
+  struct Dq { static constexpr int kMT = 2, kBlockN = 32, kChunk = 4, kMinBlocks = kMinBlocksPerSm; };
+  struct Dkdv {
+    static constexpr int kMT = 2, kBlockM = 32, kChunk = 4, kMinBlocks = kMinBlocksPerSm;
+    static constexpr bool kKVInRegs = false;
+  };
 };
 template <>
 struct MmaTiles<128> {
-  struct Forward { static constexpr int kMT = 2, kBlockN = 32; static constexpr bool kQInRegs = false; };
-  struct Dq { static constexpr int kMT = 1, kBlockN = 32, kChunk = 4; };
-  struct Dkdv { static constexpr int kMT = 1, kBlockM = 32, kChunk = 4; static constexpr bool kKVInRegs = false; };
+  struct Forward { static constexpr int kMT = 2, kBlockN = 32, kMinBlocks = kMinBlocksPerSm; static constexpr bool kQInRegs = false; };
+  struct Dq { static constexpr int kMT = 1, kBlockN = 32, kChunk = 4, kMinBlocks = kMinBlocksPerSm; };
+  struct Dkdv {
+    static constexpr int kMT = 1, kBlockM = 32, kChunk = 4, kMinBlocks = kMinBlocksPerSm;
+    static constexpr bool kKVInRegs = false;
+  };
 };
 
 // ---- PTX wrappers ----------------------------------------------------------------------------
@@ -314,8 +328,8 @@ __device__ __forceinline__ void stage_accumulator(bf16* tile, int row0, const fl
 // wholly after its last query (they would be fully masked).
 // Shared: sQ (kBlockM, D+8) | sK 2 × (kBlockN, D+8) | sV 2 × (kBlockN, D+8), bf16.
 // kQInRegs: keep the warp's Q fragments in registers; else re-read them from sQ each key tile.
-template <int D, int kMT, int kBlockN, bool kQInRegs>
-__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+template <int D, int kMT, int kBlockN, bool kQInRegs, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
     attention_forward_mma_kernel(bf16* __restrict__ out,          // (B, T, H, D)
                                  float* __restrict__ lse,         // (B, H, T)
                                  const bf16* __restrict__ qkv,    // (B, T, 3, H, D)
@@ -523,55 +537,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 
 // ---- backward ----------------------------------------------------------------------------------
 
-// delta[b, h, i] = Σ_d dout[b, i, h, d] · out[b, i, h, d] in fp32, D/8 lanes per (token, head) row,
-// 8 elements per lane, summed in a fixed order (lane-local, then a butterfly).
-template <int D>
-__global__ void __launch_bounds__(256)
-    attention_backward_delta_kernel(float* __restrict__ delta,       // (B, H, T)
-                                    const bf16* __restrict__ dout,   // (B, T, H, D)
-                                    const bf16* __restrict__ out,    // (B, T, H, D)
-                                    std::int64_t rows, int T, int H) {
-  constexpr int kLanesPerRow = D / 8;
-  static_assert(32 % kLanesPerRow == 0);
-  const std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const std::int64_t row = idx / kLanesPerRow;   // token n = b·T + i, head h: row = n·H + h
-  const int part = static_cast<int>(idx % kLanesPerRow);
-  float acc = 0.f;
-  if (row < rows) {
-    const uint4 dv = *reinterpret_cast<const uint4*>(dout + row * D + part * 8);
-    const uint4 ov = *reinterpret_cast<const uint4*>(out + row * D + part * 8);
-    const __nv_bfloat162* d2 = reinterpret_cast<const __nv_bfloat162*>(&dv);
-    const __nv_bfloat162* o2 = reinterpret_cast<const __nv_bfloat162*>(&ov);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 df = __bfloat1622float2(d2[i]);
-      const float2 of = __bfloat1622float2(o2[i]);
-      acc = fmaf(df.x, of.x, acc);
-      acc = fmaf(df.y, of.y, acc);
-    }
-  }
-#pragma unroll
-  for (int offset = kLanesPerRow / 2; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
-  if (row < rows && part == 0) {
-    const std::int64_t n = row / H;
-    const int h = static_cast<int>(row % H);
-    const std::int64_t b = n / T, i = n % T;
-    delta[(b * H + h) * T + i] = acc;
-  }
-}
-
-// dQ = scale · dS K, dS = P ⊙ (dO Vᵀ − delta), P = exp(scale·Q Kᵀ − lse), for kBlockM queries.
+// dQ = scale · dS K, dS = P ⊙ (dO Vᵀ − delta), P = exp(scale·Q Kᵀ − lse), for kBlockM queries;
+// delta = rowsum(dO ⊙ O) is computed here from sdO and sO (and stored for the dK/dV kernel).
 // grid (B·H, ceil(T / kBlockM)), reversed like the forward; block 128 = 4 warps × 16·kMT query rows.
 // dP is computed kChunk key columns at a time (all of the warp's dO fragments stay in registers),
 // turned into dS in place of P right away, so only kChunk n-blocks of dP are live at once.
-// Shared: sQ (kBlockM, D+8) | sdO (kBlockM, D+8) | sK 2 × (kBlockN, D+8) | sV 2 × (kBlockN, D+8).
-template <int D, int kMT, int kBlockN, int kChunk>
-__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+// Shared: sQ (kBlockM, D+8) | sdO (kBlockM, D+8) | sK 2 × (kBlockN, D+8) | sV 2 × (kBlockN, D+8) |
+//         sO (kBlockM, D+8).
+template <int D, int kMT, int kBlockN, int kChunk, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
     attention_backward_dq_mma_kernel(bf16* __restrict__ dqkv,          // (B, T, 3, H, D), q part written
                                      const bf16* __restrict__ dout,    // (B, T, H, D)
                                      const bf16* __restrict__ qkv,     // (B, T, 3, H, D)
+                                     const bf16* __restrict__ out,     // (B, T, H, D)
                                      const float* __restrict__ lse,    // (B, H, T)
-                                     const float* __restrict__ delta,  // (B, H, T)
+                                     float* __restrict__ delta,        // (B, H, T), written
                                      int T, int H, float scale) {
   constexpr int kStride = D + kPad;
   constexpr int kWarpRows = kMT * kRowsPerWarp;
@@ -586,6 +566,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   bf16* sdO = sQ + kBlockM * kStride;
   bf16* sK = sdO + kBlockM * kStride;
   bf16* sV = sK + 2 * kBlockN * kStride;
+  bf16* sO = sV + 2 * kBlockN * kStride;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
@@ -605,6 +586,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   load_rows_async<kBlockM, D>(sdO, do_base, C, q0, T, tid);
   load_rows_async<kBlockN, D>(sK, k_base, row_stride, 0, T, tid);
   load_rows_async<kBlockN, D>(sV, v_base, row_stride, 0, T, tid);
+  load_rows_async<kBlockM, D>(sO, out + static_cast<std::int64_t>(b) * T * C + h * D, C, q0, T, tid);
   cp_async_commit();
 
   // Per-row statistics of rows g and g+8 of each m-tile, in log2 units for exp2. Rows past T: 0
@@ -617,11 +599,42 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       const int query = qw0 + mt * 16 + g + 8 * r;
       const std::int64_t i = static_cast<std::int64_t>(bh) * T + query;
       lse_log2[mt][r] = query < T ? lse[i] * kLog2e : 0.f;
-      row_delta[mt][r] = query < T ? delta[i] : 0.f;
     }
 
   cp_async_wait_all();
   __syncthreads();
+
+  {
+    // delta = rowsum(dO ⊙ O) of rows g and g+8 of each m-tile: lane t of the quad sums the 8-column
+    // groups t, t+4, .. in order, then a quad butterfly (fixed order, the same value in all 4 lanes).
+    // Rows past T were zero-filled, so their delta is 0. Written out for the dK/dV kernel.
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = warp * kWarpRows + mt * 16 + g + 8 * r;
+        float acc = 0.f;
+#pragma unroll
+        for (int c = t * 8; c < D; c += 32) {
+          const uint4 dv = *reinterpret_cast<const uint4*>(sdO + row * kStride + c);
+          const uint4 ov = *reinterpret_cast<const uint4*>(sO + row * kStride + c);
+          const __nv_bfloat162* d2 = reinterpret_cast<const __nv_bfloat162*>(&dv);
+          const __nv_bfloat162* o2 = reinterpret_cast<const __nv_bfloat162*>(&ov);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const float2 df = __bfloat1622float2(d2[i]);
+            const float2 of = __bfloat1622float2(o2[i]);
+            acc = fmaf(df.x, of.x, acc);
+            acc = fmaf(df.y, of.y, acc);
+          }
+        }
+        acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+        acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+        row_delta[mt][r] = acc;
+        const int query = qw0 + mt * 16 + g + 8 * r;
+        if (t == 0 && query < T) delta[static_cast<std::int64_t>(bh) * T + query] = acc;
+      }
+  }
 
   std::uint32_t q_frag[kMT][kDK][4], do_frag[kMT][kDK][4];
 #pragma unroll
@@ -741,8 +754,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 // kKVInRegs: keep this warp's K and V rows as A fragments in registers; else they are re-read from
 // shared memory each query tile to leave registers for the dK and dV accumulators. dPᵀ is computed
 // kChunk query columns at a time.
-template <int D, int kMT, int kBlockM, bool kKVInRegs, int kChunk>
-__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+template <int D, int kMT, int kBlockM, bool kKVInRegs, int kChunk, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
     attention_backward_dkdv_mma_kernel(bf16* __restrict__ dqkv,          // (B, T, 3, H, D), k and v parts
                                        const bf16* __restrict__ dout,    // (B, T, H, D)
                                        const bf16* __restrict__ qkv,     // (B, T, 3, H, D)
@@ -996,36 +1009,37 @@ void set_smem(Kernel kernel, std::size_t bytes) {
 
 unsigned tiles_of(int T, int rows) { return static_cast<unsigned>((T + rows - 1) / rows); }
 
-template <int D, int kMT, int kBlockN, bool kQInRegs>
+template <int D, int kMT, int kBlockN, bool kQInRegs, int kMinBlocks>
 void forward_cfg(bf16* out, float* lse, const bf16* qkv, const LaunchDims& n, cudaStream_t stream) {
   constexpr int kBlockM = kWarps * kRowsPerWarp * kMT;
   constexpr std::size_t smem = static_cast<std::size_t>(kBlockM + 4 * kBlockN) * (D + kPad) * sizeof(bf16);
-  auto kernel = attention_forward_mma_kernel<D, kMT, kBlockN, kQInRegs>;
+  auto kernel = attention_forward_mma_kernel<D, kMT, kBlockN, kQInRegs, kMinBlocks>;
   set_smem(kernel, smem);
   kernel<<<dim3(n.BH, tiles_of(n.T, kBlockM)), kThreads, smem, stream>>>(out, lse, qkv, n.T, n.H,
                                                                           1.f / std::sqrt(float(D)));
   SLM_CUDA_LAUNCH_CHECK();
 }
 
-template <int D, int kMT, int kBlockN, int kChunk>
-void dq_cfg(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* delta, const LaunchDims& n,
-            cudaStream_t stream) {
+template <int D, int kMT, int kBlockN, int kChunk, int kMinBlocks>
+void dq_cfg(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, float* delta,
+            const LaunchDims& n, cudaStream_t stream) {
   constexpr int kBlockM = kWarps * kRowsPerWarp * kMT;
-  constexpr std::size_t smem = static_cast<std::size_t>(2 * kBlockM + 4 * kBlockN) * (D + kPad) * sizeof(bf16);
-  auto kernel = attention_backward_dq_mma_kernel<D, kMT, kBlockN, kChunk>;
+  constexpr std::size_t smem =
+      static_cast<std::size_t>(3 * kBlockM + 4 * kBlockN) * (D + kPad) * sizeof(bf16);
+  auto kernel = attention_backward_dq_mma_kernel<D, kMT, kBlockN, kChunk, kMinBlocks>;
   set_smem(kernel, smem);
-  kernel<<<dim3(n.BH, tiles_of(n.T, kBlockM)), kThreads, smem, stream>>>(dqkv, dout, qkv, lse, delta, n.T, n.H,
-                                                                          1.f / std::sqrt(float(D)));
+  kernel<<<dim3(n.BH, tiles_of(n.T, kBlockM)), kThreads, smem, stream>>>(dqkv, dout, qkv, out, lse, delta, n.T,
+                                                                          n.H, 1.f / std::sqrt(float(D)));
   SLM_CUDA_LAUNCH_CHECK();
 }
 
-template <int D, int kMT, int kBlockM, bool kKVInRegs, int kChunk>
+template <int D, int kMT, int kBlockM, bool kKVInRegs, int kChunk, int kMinBlocks>
 void dkdv_cfg(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* delta,
               const LaunchDims& n, cudaStream_t stream) {
   constexpr int kBlockK = kWarps * kRowsPerWarp * kMT;
   constexpr std::size_t smem = static_cast<std::size_t>(2 * kBlockK + 4 * kBlockM) * (D + kPad) * sizeof(bf16) +
                                4 * kBlockM * sizeof(float);
-  auto kernel = attention_backward_dkdv_mma_kernel<D, kMT, kBlockM, kKVInRegs, kChunk>;
+  auto kernel = attention_backward_dkdv_mma_kernel<D, kMT, kBlockM, kKVInRegs, kChunk, kMinBlocks>;
   set_smem(kernel, smem);
   kernel<<<dim3(n.BH, tiles_of(n.T, kBlockK)), kThreads, smem, stream>>>(dqkv, dout, qkv, lse, delta, n.T, n.H,
                                                                           1.f / std::sqrt(float(D)));
@@ -1035,25 +1049,17 @@ void dkdv_cfg(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, c
 template <int D>
 void launch_forward(bf16* out, float* lse, const bf16* qkv, const LaunchDims& n, cudaStream_t stream) {
   using F = typename MmaTiles<D>::Forward;
-  forward_cfg<D, F::kMT, F::kBlockN, F::kQInRegs>(out, lse, qkv, n, stream);
+  forward_cfg<D, F::kMT, F::kBlockN, F::kQInRegs, F::kMinBlocks>(out, lse, qkv, n, stream);
 }
 
 template <int D>
 void launch_backward(bf16* dqkv, float* delta, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse,
-                     const LaunchDims& n, std::int64_t B, cudaStream_t stream) {
-  // delta first: both gradient kernels read it.
-  const std::int64_t rows = B * n.T * n.H;
-  const std::int64_t delta_threads = rows * (D / 8);
-  const std::int64_t delta_blocks = (delta_threads + 255) / 256;
-  if (delta_blocks > std::numeric_limits<int>::max()) fail("attention_backward_mma: too many rows for delta");
-  attention_backward_delta_kernel<D><<<static_cast<unsigned>(delta_blocks), 256, 0, stream>>>(delta, dout, out, rows,
-                                                                                              n.T, n.H);
-  SLM_CUDA_LAUNCH_CHECK();
-
+                     const LaunchDims& n, cudaStream_t stream) {
+  // dQ first: it also writes delta = rowsum(dO ⊙ O), which the dK/dV kernel reads.
   using Q = typename MmaTiles<D>::Dq;
   using K = typename MmaTiles<D>::Dkdv;
-  dq_cfg<D, Q::kMT, Q::kBlockN, Q::kChunk>(dqkv, dout, qkv, lse, delta, n, stream);
-  dkdv_cfg<D, K::kMT, K::kBlockM, K::kKVInRegs, K::kChunk>(dqkv, dout, qkv, lse, delta, n, stream);
+  dq_cfg<D, Q::kMT, Q::kBlockN, Q::kChunk, Q::kMinBlocks>(dqkv, dout, qkv, out, lse, delta, n, stream);
+  dkdv_cfg<D, K::kMT, K::kBlockM, K::kKVInRegs, K::kChunk, K::kMinBlocks>(dqkv, dout, qkv, lse, delta, n, stream);
 }
 
 }  // namespace
@@ -1085,9 +1091,9 @@ void attention_backward_mma(Bf16* dqkv, float* delta, const Bf16* dout, const Bf
   const bf16* x = reinterpret_cast<const bf16*>(qkv);
   const bf16* y = reinterpret_cast<const bf16*>(out);
   switch (s.D) {
-    case 32: launch_backward<32>(dx, delta, dy, x, y, lse, n, s.B, stream); break;
-    case 64: launch_backward<64>(dx, delta, dy, x, y, lse, n, s.B, stream); break;
-    case 128: launch_backward<128>(dx, delta, dy, x, y, lse, n, s.B, stream); break;
+    case 32: launch_backward<32>(dx, delta, dy, x, y, lse, n, stream); break;
+    case 64: launch_backward<64>(dx, delta, dy, x, y, lse, n, stream); break;
+    case 128: launch_backward<128>(dx, delta, dy, x, y, lse, n, stream); break;
   }
 }
 
