@@ -275,8 +275,9 @@ void embedding_case(std::int64_t C) {
   const std::int64_t N = 500, V = 40;
   std::vector<std::int32_t> ids(N);
   for (std::int64_t n = 0; n < N; ++n) ids[n] = n % 5 == 0 ? static_cast<std::int32_t>((n * n + 3) % 17) : 7;
-  ids[1] = 30;   // tokens seen once and twice (the short path)
+  ids[1] = 30;   // tokens seen once, twice and 8 times (the short path)
   ids[2] = ids[3] = 31;
+  for (std::int64_t n = 11; n < 19; ++n) ids[n] = 32;
   const auto table = randn(V * C, 10), dx = randn(N * C, 11);
   GpuBuffer d_table = upload<float>(table), d_x(N * C * 4), d_ids(N * 4);
   copy_to_gpu(d_ids.data(), ids.data(), N * 4);

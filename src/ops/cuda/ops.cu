@@ -71,7 +71,7 @@ __global__ void embedding_backward_block_per_token_wide(float* dtable, const flo
   if (u >= *num_unique) return;
   const int begin = offsets[u], end = offsets[u + 1];
   float* row = dtable + static_cast<std::int64_t>(uniq[u]) * C;
-  if (end - begin <= 2) {   // most tokens of a batch: every thread of the block on its own columns
+  if (end - begin <= 8) {   // most tokens of a batch: every thread of the block on its own columns
     const int t = threadIdx.y * 32 + threadIdx.x;
     for (std::int64_t c = 4 * t; c < C; c += 4 * 32 * kEmbeddingRowLanes) {
       float4 o = *reinterpret_cast<float4*>(row + c);
