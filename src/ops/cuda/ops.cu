@@ -326,80 +326,11 @@ __global__ void swiglu_backward_packed(T* dab, const T* dh, const T* ab, std::in
 
 constexpr int kClassifierThreads = 512;
 
-// One block per row: an online max / sum-of-exp pass, then (for training) the gradient written over
-// the logits. The row is read twice; at 100 KB (V = 50,304 in bf16) the second read hits L2.
-template <typename T>
-__global__ void classifier_block_per_row(T* logits, float* losses, const std::int32_t* targets, std::int64_t V,
-                                         float grad_scale) {
+// The block's (max, Σ exp(z − max)) pairs merged into the row's log-sum-exp, in a fixed order
+// (lanes by shuffles, then warps in index order); every thread gets the result.
+__device__ float block_logsumexp(float m, float s) {
   __shared__ float s_max[kClassifierThreads / 32], s_sum[kClassifierThreads / 32];
   __shared__ float s_lse;
-  const std::int64_t n = blockIdx.x;
-  T* row = logits + n * V;
-  float m = -INFINITY, s = 0.0f;
-  for (std::int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-    const float z = load_f(row + j);
-    if (z > m) {
-      s = s * __expf(m - z) + 1.0f;
-      m = z;
-    } else {
-      s += __expf(z - m);
-    }
-  }
-  // Merge (m, s) across the warp, then across warps.
-  for (int o = 16; o > 0; o >>= 1) {
-    const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
-    const float mm = fmaxf(m, m2);
-    s = (mm == -INFINITY) ? 0.0f : s * __expf(m - mm) + s2 * __expf(m2 - mm);
-    m = mm;
-  }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) {
-    s_max[warp] = m;
-    s_sum[warp] = s;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float mm = s_max[0];
-    for (int w = 1; w < kClassifierThreads / 32; ++w) mm = fmaxf(mm, s_max[w]);
-    float ss = 0.0f;
-    for (int w = 0; w < kClassifierThreads / 32; ++w) ss += s_sum[w] * __expf(s_max[w] - mm);
-    const float lse = mm + logf(ss);
-    s_lse = lse;
-    losses[n] = lse - load_f(row + targets[n]);
-  }
-  __syncthreads();
-  if (grad_scale == 0.0f) return;
-  const float lse = s_lse;
-  const std::int32_t target = targets[n];
-  for (std::int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-    const float p = __expf(load_f(row + j) - lse);
-    store_f(row + j, (p - (j == target ? 1.0f : 0.0f)) * grad_scale);
-  }
-}
-
-// The same with 16-byte loads and stores (V a multiple of the pack, rows aligned). (Keeping the row
-// in shared memory between the passes measured slower: the second read already hits L2.)
-template <typename T>
-__global__ void classifier_block_per_row_packed(T* logits, float* losses, const std::int32_t* targets, std::int64_t V,
-                                                float grad_scale) {
-  constexpr int P = Pack<T>::n;
-  __shared__ float s_max[kClassifierThreads / 32], s_sum[kClassifierThreads / 32];
-  __shared__ float s_lse;
-  const std::int64_t n = blockIdx.x;
-  T* row = logits + n * V;
-  float m = -INFINITY, s = 0.0f;
-  for (std::int64_t j = P * threadIdx.x; j < V; j += P * blockDim.x) {
-    const Pack<T> v = load_pack(row + j);
-    float pm = v.get(0);
-#pragma unroll
-    for (int k = 1; k < P; ++k) pm = fmaxf(pm, v.get(k));
-    const float mm = fmaxf(m, pm);
-    float add = 0.0f;
-#pragma unroll
-    for (int k = 0; k < P; ++k) add += __expf(v.get(k) - mm);
-    s = s * __expf(m - mm) + add;
-    m = mm;
-  }
   for (int o = 16; o > 0; o >>= 1) {
     const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
     const float mm = fmaxf(m, m2);
@@ -418,13 +349,67 @@ __global__ void classifier_block_per_row_packed(T* logits, float* losses, const 
     float ss = 0.0f;
     for (int w = 0; w < kClassifierThreads / 32; ++w)
       if (s_max[w] != -INFINITY) ss += s_sum[w] * __expf(s_max[w] - mm);
-    const float lse = mm + logf(ss);
-    s_lse = lse;
-    losses[n] = lse - load_f(row + targets[n]);
+    s_lse = mm + logf(ss);
   }
   __syncthreads();
+  return s_lse;
+}
+
+// One block per row: an online max / sum-of-exp pass, then (for training) the gradient written over
+// the logits. The row is read twice; at 100 KB (V = 50,304 in bf16) the second read hits L2.
+template <typename T>
+__global__ void classifier_block_per_row(T* logits, float* losses, const std::int32_t* targets, std::int64_t V,
+                                         float grad_scale) {
+  const std::int64_t n = blockIdx.x;
+  T* row = logits + n * V;
+  float m = -INFINITY, s = 0.0f;
+  for (std::int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const float z = load_f(row + j);
+    if (z > m) {
+      s = s * __expf(m - z) + 1.0f;
+      m = z;
+    } else {
+      s += __expf(z - m);
+    }
+  }
+  // The target's logit is read before the barrier in block_logsumexp: after it, pass 2 overwrites.
+  const float z_target = threadIdx.x == 0 ? load_f(row + targets[n]) : 0.0f;
+  const float lse = block_logsumexp(m, s);
+  if (threadIdx.x == 0) losses[n] = lse - z_target;
   if (grad_scale == 0.0f) return;
-  const float lse = s_lse;
+  const std::int32_t target = targets[n];
+  for (std::int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const float p = __expf(load_f(row + j) - lse);
+    store_f(row + j, (p - (j == target ? 1.0f : 0.0f)) * grad_scale);
+  }
+}
+
+// The same with 16-byte loads and stores (V a multiple of the pack, rows aligned). (Keeping the row
+// in shared memory between the passes measured slower: the second read already hits L2.)
+template <typename T>
+__global__ void classifier_block_per_row_packed(T* logits, float* losses, const std::int32_t* targets, std::int64_t V,
+                                                float grad_scale) {
+  constexpr int P = Pack<T>::n;
+  const std::int64_t n = blockIdx.x;
+  T* row = logits + n * V;
+  float m = -INFINITY, s = 0.0f;
+  for (std::int64_t j = P * threadIdx.x; j < V; j += P * blockDim.x) {
+    const Pack<T> v = load_pack(row + j);
+    float pm = v.get(0);
+#pragma unroll
+    for (int k = 1; k < P; ++k) pm = fmaxf(pm, v.get(k));
+    const float mm = fmaxf(m, pm);
+    float add = 0.0f;
+#pragma unroll
+    for (int k = 0; k < P; ++k) add += __expf(v.get(k) - mm);
+    s = s * __expf(m - mm) + add;
+    m = mm;
+  }
+  // The target's logit is read before the barrier in block_logsumexp: after it, pass 2 overwrites.
+  const float z_target = threadIdx.x == 0 ? load_f(row + targets[n]) : 0.0f;
+  const float lse = block_logsumexp(m, s);
+  if (threadIdx.x == 0) losses[n] = lse - z_target;
+  if (grad_scale == 0.0f) return;
   const std::int32_t target = targets[n];
   for (std::int64_t j = P * threadIdx.x; j < V; j += P * blockDim.x) {
     const Pack<T> v = load_pack(row + j);
