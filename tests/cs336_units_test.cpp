@@ -24,6 +24,7 @@
 #include "model/params.h"
 #include "ops/cross_entropy.h"
 #include "train/optimizer.h"
+#include "test_util.h"
 #include "util/rng.h"
 
 using namespace scratchlm;
@@ -259,16 +260,7 @@ struct AdamWReference {
   }
 };
 
-template <class A, class B>
-double rel_error(const std::vector<A>& got, const std::vector<B>& want) {
-  double diff = 0.0, norm = 0.0;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    const double d = static_cast<double>(got[i]) - static_cast<double>(want[i]);
-    diff += d * d;
-    norm += static_cast<double>(want[i]) * static_cast<double>(want[i]);
-  }
-  return std::sqrt(diff) / std::sqrt(norm);
-}
+using test::rel_error;
 
 // Runs `steps` AdamW steps on one (5, 7) tensor, fp32 and reference side by side, and compares.
 // Tolerances (fp32 state against the double reference):

@@ -15,6 +15,7 @@
 #include "model/model.h"
 #include "tensor/device.h"
 #include "tensor/safetensors.h"
+#include "test_util.h"
 #include "util/files.h"
 
 namespace scratchlm {
@@ -25,15 +26,7 @@ namespace {
 
 const std::string kDir = SCRATCHLM_TEST_DATA "/reference/lm-small";
 
-double rel(const float* a, const std::vector<float>& ref) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < ref.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    num += (static_cast<double>(a[i]) - ref[i]) * (static_cast<double>(a[i]) - ref[i]);
-    den += static_cast<double>(ref[i]) * ref[i];
-  }
-  return std::sqrt(num / den);
-}
+double rel(const float* a, const std::vector<float>& ref) { return test::rel_error(a, ref.data(), ref.size()); }
 
 std::vector<std::int32_t> ints32(const SafetensorsFile& f, const std::string& name) {
   std::vector<std::int32_t> out;

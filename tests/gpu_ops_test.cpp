@@ -58,17 +58,8 @@ std::vector<float> round_bf16(std::vector<float> v) {
   return v;
 }
 
-// ‖a − ref‖ / ‖ref‖; when ref is exactly zero (dq and dk at T = 1), ‖a‖ / sqrt(n) instead.
-double rel(const std::vector<float>& a, const std::vector<float>& ref) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    num += (static_cast<double>(a[i]) - ref[i]) * (static_cast<double>(a[i]) - ref[i]);
-    den += static_cast<double>(ref[i]) * ref[i];
-  }
-  if (den == 0) return std::sqrt(num / static_cast<double>(a.size()));
-  return std::sqrt(num / den);
-}
+// ‖a − ref‖ / ‖ref‖ (test_util.h; the RMS of a where ref is exactly zero, as dq and dk at T = 1).
+double rel(const std::vector<float>& a, const std::vector<float>& ref) { return test::rel_error(a, ref); }
 
 double rounding_error(const std::vector<float>& ref) { return rel(round_bf16(ref), ref); }
 

@@ -47,6 +47,7 @@
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 #include "ops/swiglu.h"
+#include "test_util.h"
 #include "util/rng.h"
 
 using namespace scratchlm;
@@ -109,18 +110,7 @@ std::vector<double> numeric_grad(std::vector<float>& x, const std::function<doub
   return g;
 }
 
-// ‖got − want‖ / ‖want‖ over a whole tensor.
-template <class A, class B>
-double rel_error(const std::vector<A>& got, const std::vector<B>& want) {
-  EXPECT_EQ(got.size(), want.size());
-  double diff = 0.0, norm = 0.0;
-  for (std::size_t i = 0; i < got.size() && i < want.size(); ++i) {
-    const double d = static_cast<double>(got[i]) - static_cast<double>(want[i]);
-    diff += d * d;
-    norm += static_cast<double>(want[i]) * static_cast<double>(want[i]);
-  }
-  return std::sqrt(diff) / std::sqrt(norm);
-}
+using test::rel_error;
 
 // got[i] + extra[i]: what an accumulating backward should leave in a buffer that held `got`.
 std::vector<double> plus(const std::vector<float>& base, const std::vector<double>& g) {

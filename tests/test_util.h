@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <random>
 #include <string>
@@ -14,6 +16,26 @@
 #include "tokenizer/vocab.h"
 
 namespace scratchlm::test {
+
+// ‖got − want‖ / ‖want‖ over a whole tensor (want[0 .. n), got the same length); infinite if got
+// holds a NaN or an infinity; when want is exactly zero, the RMS of got instead.
+template <class A, class B>
+double rel_error(const A* got, const B* want, std::size_t n) {
+  double diff = 0.0, norm = 0.0;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(static_cast<double>(got[i]))) return INFINITY;
+    const double d = static_cast<double>(got[i]) - static_cast<double>(want[i]);
+    diff += d * d;
+    norm += static_cast<double>(want[i]) * static_cast<double>(want[i]);
+  }
+  if (norm == 0.0) return std::sqrt(diff / static_cast<double>(n));
+  return std::sqrt(diff / norm);
+}
+template <class A, class B>
+double rel_error(const std::vector<A>& got, const std::vector<B>& want) {
+  EXPECT_EQ(got.size(), want.size());
+  return rel_error(got.data(), want.data(), std::min(got.size(), want.size()));
+}
 
 // SCRATCHLM_TEST_DATA/<relative>.
 std::string data_path(std::string_view relative);
