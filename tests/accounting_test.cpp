@@ -82,9 +82,22 @@ TEST(Accounting, TrainFlopsPerTokenIsSixNPlusAttention) {
     }
 }
 
+// Every shape with the SwiGLU feed-forward and with the plain MLP (no w3), which changes the count.
+std::vector<ModelConfig> with_ffn_variants(std::vector<ModelConfig> shapes) {
+  const std::size_t n = shapes.size();
+  for (std::size_t i = 0; i < n; ++i) {
+    ModelConfig c = shapes[i];
+    c.ffn = FfnKind::mlp;
+    c.activation = Activation::relu2;
+    shapes.push_back(c);
+  }
+  return shapes;
+}
+
 TEST(Accounting, ParametersMatchTheParamTable) {
-  for (const ModelConfig& c : {gpt2_xl(), shape(10000, 256, 512, 4, 16, 1344), shape(300, 64, 32, 2, 4, 96),
-                               shape(50257, 1024, 768, 12, 12, 3072), shape(257, 16, 8, 1, 2, 24)}) {
+  for (const ModelConfig& c : with_ffn_variants({gpt2_xl(), shape(10000, 256, 512, 4, 16, 1344),
+                                                 shape(300, 64, 32, 2, 4, 96), shape(50257, 1024, 768, 12, 12, 3072),
+                                                 shape(257, 16, 8, 1, 2, 24)})) {
     const ParamLayout layout = param_layout(c);
     const ParamCounts p = compute_accounting(c, 1, c.context_length).params;
     EXPECT_EQ(p.total, layout.total) << c.d_model;
@@ -93,12 +106,12 @@ TEST(Accounting, ParametersMatchTheParamTable) {
     EXPECT_EQ(p.attention_per_layer, 4 * layout.find("layers.0.attn.q_proj.weight").numel());
     EXPECT_EQ(p.ffn_per_layer, layout.find("layers.0.ffn.w1.weight").numel() +
                                    layout.find("layers.0.ffn.w2.weight").numel() +
-                                   layout.find("layers.0.ffn.w3.weight").numel());
+                                   (c.gated() ? layout.find("layers.0.ffn.w3.weight").numel() : 0));
   }
 }
 
 TEST(Accounting, MemoryMatchesTheCpuActivations) {
-  for (const ModelConfig& c : {shape(300, 64, 32, 2, 4, 96), shape(257, 16, 8, 1, 2, 24)})
+  for (const ModelConfig& c : with_ffn_variants({shape(300, 64, 32, 2, 4, 96), shape(257, 16, 8, 1, 2, 24)}))
     for (std::int64_t B : {1, 3})
       for (std::int64_t T : {std::int64_t{1}, c.context_length}) {
         const MemoryPlan m = compute_accounting(c, B, T).memory;

@@ -39,6 +39,7 @@
 #include <span>
 #include <vector>
 
+#include "ops/activation.h"
 #include "ops/attention.h"
 #include "ops/cpu/fast_exp.h"
 #include "ops/cross_entropy.h"
@@ -578,6 +579,65 @@ TEST(OpsGradcheck, SwigluBackward) {
   EXPECT_TRUE(all_finite(sdb));
   EXPECT_EQ(sda[1], sb[1]);   // silu'(a) = 1 for large a
   EXPECT_EQ(sdb[1], 1000.0f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The feed-forward variants' activations (plain and gated)
+
+double act_spec(double x, Activation act) {
+  switch (act) {
+    case Activation::relu: return std::max(x, 0.0);
+    case Activation::relu2: return x > 0 ? x * x : 0.0;
+    case Activation::silu: return silu(x);
+    case Activation::gelu: return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
+  }
+  return 0.0;
+}
+
+// Random inputs kept 0.05 away from 0, where ReLU and ReLU² have their kink (the finite difference
+// step is 1e-2).
+std::vector<float> away_from_zero(Rng& rng, i64 n) {
+  std::vector<float> x = randn(rng, n, 2.0);
+  for (float& v : x) v = v < 0 ? v - 0.05f : v + 0.05f;
+  return x;
+}
+
+TEST(OpsGradcheck, ActivationsMatchSpecAndGradcheck) {
+  const i64 n = 47;
+  for (Activation act : {Activation::relu, Activation::gelu, Activation::silu, Activation::relu2}) {
+    SCOPED_TRACE(activation_name(act));
+    Rng rng(40 + static_cast<int>(act));
+    std::vector<float> x = away_from_zero(rng, n), b = randn(rng, n);
+    const std::vector<float> R = randn(rng, n);
+    // plain: forward against the formula, backward against finite differences
+    std::vector<float> out(sz(n), kGarbage);
+    activation_forward(out.data(), x.data(), n, act);
+    std::vector<double> want(sz(n));
+    for (i64 i = 0; i < n; ++i) want[i] = act_spec(x[i], act);
+    EXPECT_LE(rel_error(out, want), kTolForward);
+    auto plain_loss = [&] {
+      activation_forward(out.data(), x.data(), n, act);
+      return weighted_sum(out, R);
+    };
+    const std::vector<double> fd_x = numeric_grad(x, plain_loss);
+    std::vector<float> dx(sz(n), kGarbage);
+    activation_backward(dx.data(), R.data(), x.data(), n, act);
+    EXPECT_LE(rel_error(dx, fd_x), kTolNonlinearOp);
+    // gated: h = act(a) ⊙ b
+    std::vector<float> h(sz(n), kGarbage);
+    gated_forward(h.data(), x.data(), b.data(), n, act);
+    for (i64 i = 0; i < n; ++i) want[i] = act_spec(x[i], act) * b[i];
+    EXPECT_LE(rel_error(h, want), kTolForward);
+    auto gated_loss = [&] {
+      gated_forward(h.data(), x.data(), b.data(), n, act);
+      return weighted_sum(h, R);
+    };
+    const std::vector<double> fd_a = numeric_grad(x, gated_loss), fd_b = numeric_grad(b, gated_loss);
+    std::vector<float> da(sz(n), kGarbage), db(sz(n), kGarbage);
+    gated_backward(da.data(), db.data(), R.data(), x.data(), b.data(), n, act);
+    EXPECT_LE(rel_error(da, fd_a), kTolNonlinearOp);
+    EXPECT_LE(rel_error(db, fd_b), kTolLinearOp);   // h is linear in b
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

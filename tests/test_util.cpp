@@ -11,9 +11,16 @@
 
 #include "tokenizer/bpe_train.h"
 #include "tokenizer/pretokenize.h"
+#include "tokenizer/token_file.h"
 #include "tokenizer/unicode.h"
 
 namespace scratchlm::test {
+
+void write_tokens(const std::string& path, const std::vector<std::uint32_t>& ids) {
+  TokenFileWriter w(path, TokenDtype::uint16);
+  w.append(ids.data(), ids.size());
+  w.commit({{"source_bytes", 0}});
+}
 
 namespace fs = std::filesystem;
 

@@ -44,6 +44,9 @@ std::string data_path(std::string_view relative);
 std::string read_bytes(const std::string& path);
 void write_bytes(const std::string& path, std::string_view bytes);
 
+// A uint16 token file of `ids` with its sidecar, as `scratchlm tokenize` writes one.
+void write_tokens(const std::string& path, const std::vector<std::uint32_t>& ids);
+
 // A fresh empty directory under testing::TempDir(), removed (with its contents) on destruction.
 class TempDir {
  public:

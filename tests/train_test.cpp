@@ -25,12 +25,7 @@ namespace {
 namespace fs = std::filesystem;
 using test::TempDir;
 
-// A token file of `ids` with its sidecar.
-void write_tokens(const std::string& path, const std::vector<std::uint32_t>& ids, TokenDtype dtype = TokenDtype::uint16) {
-  TokenFileWriter w(path, dtype);
-  w.append(ids.data(), ids.size());
-  w.commit({{"source_bytes", 0}});
-}
+using test::write_tokens;
 
 // Tokens with structure a tiny model can learn: repeated short "sentences" over a 64-token vocabulary.
 std::vector<std::uint32_t> patterned_tokens(std::size_t n, std::uint64_t seed) {

@@ -30,7 +30,7 @@ ParamCounts count_params(const ModelConfig& c) {
   p.embedding = mul(V, C);
   p.attention_per_layer = mul(4, mul(C, C));
   p.norms_per_layer = mul(2, C);
-  p.ffn_per_layer = mul(3, mul(C, F));
+  p.ffn_per_layer = mul(c.gated() ? 3 : 2, mul(C, F));
   p.final_norm = C;
   p.lm_head = mul(V, C);
   const std::int64_t per_layer = add(add(p.attention_per_layer, p.norms_per_layer), p.ffn_per_layer);
@@ -46,7 +46,7 @@ std::vector<MatmulFlops> forward_matmuls(const ModelConfig& c, std::int64_t seq_
   const double V = static_cast<double>(c.vocab_size), T = static_cast<double>(seq_len),
                C = static_cast<double>(c.d_model), L = static_cast<double>(c.num_layers),
                F = static_cast<double>(c.d_ff);
-  return {
+  std::vector<MatmulFlops> terms = {
       {"q_proj", "2·T·C·C·L", 2 * T * C * C * L},
       {"k_proj", "2·T·C·C·L", 2 * T * C * C * L},
       {"v_proj", "2·T·C·C·L", 2 * T * C * C * L},
@@ -54,10 +54,11 @@ std::vector<MatmulFlops> forward_matmuls(const ModelConfig& c, std::int64_t seq_
       {"mix P·V", "2·T·T·C·L", 2 * T * T * C * L},
       {"output_proj", "2·T·C·C·L", 2 * T * C * C * L},
       {"ffn w1", "2·T·C·F·L", 2 * T * C * F * L},
-      {"ffn w3", "2·T·C·F·L", 2 * T * C * F * L},
-      {"ffn w2", "2·T·F·C·L", 2 * T * F * C * L},
-      {"lm_head", "2·T·C·V", 2 * T * C * V},
   };
+  if (c.gated()) terms.push_back({"ffn w3", "2·T·C·F·L", 2 * T * C * F * L});
+  terms.push_back({"ffn w2", "2·T·F·C·L", 2 * T * F * C * L});
+  terms.push_back({"lm_head", "2·T·C·V", 2 * T * C * V});
+  return terms;
 }
 
 double sum_flops(const std::vector<MatmulFlops>& terms) {
@@ -88,14 +89,15 @@ MemoryPlan memory_plan(const ModelConfig& c, const ParamCounts& p, std::int64_t 
   m.gradients = mul(f32, p.total);
   m.adamw_state = mul(2 * f32, p.total);
   // Per layer, per token: x_in, ln1, q, k, v, attn, x_mid, ln2 (8C); rstd1, rstd2 (2); lse (H);
-  // a, b, h (3F).
-  const std::int64_t layer_floats = add(add(add(mul(8, C), 2), H), mul(3, F));
+  // a, b, h (3F; 2F without a gate).
+  const std::int64_t hidden = c.gated() ? 3 : 2;
+  const std::int64_t layer_floats = add(add(add(mul(8, C), 2), H), mul(hidden, F));
   m.act_layers = mul(f32, mul(mul(N, layer_floats), L));
   // Per token: x_final, ln_final (2C); rstd_final, losses, ce_lse (3).
   m.act_final = mul(f32, mul(N, add(mul(2, C), 3)));
   m.act_logits = mul(f32, mul(N, V));
-  // Backward scratch per token: dx, dbuf, dq, dk, dv (5C); dh, da, db (3F).
-  m.act_backward = mul(f32, mul(N, add(mul(5, C), mul(3, F))));
+  // Backward scratch per token: dx, dbuf, dq, dk, dv (5C); dh, da, db (3F; 2F without a gate).
+  m.act_backward = mul(f32, mul(N, add(mul(5, C), mul(hidden, F))));
   m.activations = add(add(add(m.act_layers, m.act_final), m.act_logits), m.act_backward);
   m.total = add(add(add(m.parameters, m.gradients), m.adamw_state), m.activations);
   return m;
@@ -233,7 +235,8 @@ std::string accounting_table(const Accounting& a) {
        percent(c.num_layers * p.attention_per_layer, P)},
       {"norms ln1, ln2", "2·C·L", commas(p.norms_per_layer), commas(c.num_layers * p.norms_per_layer),
        percent(c.num_layers * p.norms_per_layer, P)},
-      {"SwiGLU w1, w2, w3", "3·C·F·L", commas(p.ffn_per_layer), commas(c.num_layers * p.ffn_per_layer),
+      {c.gated() ? str(ffn_name(c.ffn), " w1, w2, w3") : str("mlp (", activation_name(c.activation), ") w1, w2"),
+       c.gated() ? "3·C·F·L" : "2·C·F·L", commas(p.ffn_per_layer), commas(c.num_layers * p.ffn_per_layer),
        percent(c.num_layers * p.ffn_per_layer, P)},
       {"final norm", "C", "-", commas(p.final_norm), percent(p.final_norm, P)},
       {"lm_head (untied)", "V·C", "-", commas(p.lm_head), percent(p.lm_head, P)},

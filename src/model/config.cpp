@@ -14,10 +14,30 @@ std::int64_t get_int(const nlohmann::json& j, const char* key, const std::string
 
 }  // namespace
 
+const char* ffn_name(FfnKind f) {
+  switch (f) {
+    case FfnKind::swiglu: return "swiglu";
+    case FfnKind::geglu: return "geglu";
+    case FfnKind::reglu: return "reglu";
+    case FfnKind::mlp: return "mlp";
+  }
+  return "?";
+}
+
+const char* activation_name(Activation a) {
+  switch (a) {
+    case Activation::relu: return "relu";
+    case Activation::gelu: return "gelu";
+    case Activation::silu: return "silu";
+    case Activation::relu2: return "relu2";
+  }
+  return "?";
+}
+
 ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& where) {
   if (!j.is_object()) fail(where, ": the model config must be a JSON object");
-  static const char* known[] = {"vocab_size", "context_length", "d_model", "num_layers",
-                                "num_heads",  "d_ff",           "rope_theta"};
+  static const char* known[] = {"vocab_size", "context_length", "d_model", "num_layers", "num_heads",
+                                "d_ff",       "rope_theta",     "ffn",     "activation"};
   for (const auto& [key, value] : j.items()) {
     bool ok = false;
     for (const char* k : known) ok = ok || key == k;
@@ -34,14 +54,45 @@ ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& w
     if (!j["rope_theta"].is_number()) fail(where, ": model field \"rope_theta\" must be a number");
     c.rope_theta = j["rope_theta"].get<double>();
   }
+  auto get_name = [&](const char* key) {
+    if (!j[key].is_string()) fail(where, ": model field \"", key, "\" must be a string, got ", j[key].dump());
+    return j[key].get<std::string>();
+  };
+  if (j.contains("ffn")) {
+    const std::string f = get_name("ffn");
+    bool found = false;
+    for (FfnKind k : {FfnKind::swiglu, FfnKind::geglu, FfnKind::reglu, FfnKind::mlp})
+      if (f == ffn_name(k)) c.ffn = k, found = true;
+    if (!found) fail(where, ": model field \"ffn\" must be \"swiglu\", \"geglu\", \"reglu\" or \"mlp\", got \"", f, "\"");
+  }
+  c.activation = c.ffn == FfnKind::swiglu ? Activation::silu
+                 : c.ffn == FfnKind::geglu ? Activation::gelu
+                 : c.ffn == FfnKind::reglu ? Activation::relu
+                                           : Activation::gelu;
+  if (j.contains("activation")) {
+    if (c.ffn != FfnKind::mlp)
+      fail(where, ": model field \"activation\" applies to \"ffn\": \"mlp\" only (", ffn_name(c.ffn),
+           " fixes its own)");
+    const std::string a = get_name("activation");
+    bool found = false;
+    for (Activation k : {Activation::relu, Activation::gelu, Activation::silu, Activation::relu2})
+      if (a == activation_name(k)) c.activation = k, found = true;
+    if (!found)
+      fail(where, ": model field \"activation\" must be \"relu\", \"gelu\", \"silu\" or \"relu2\", got \"", a, "\"");
+  }
   validate(c, where);
   return c;
 }
 
 nlohmann::ordered_json to_json(const ModelConfig& c) {
-  return {{"vocab_size", c.vocab_size}, {"context_length", c.context_length}, {"d_model", c.d_model},
-          {"num_layers", c.num_layers}, {"num_heads", c.num_heads},           {"d_ff", c.d_ff},
-          {"rope_theta", c.rope_theta}};
+  nlohmann::ordered_json j = {{"vocab_size", c.vocab_size}, {"context_length", c.context_length},
+                              {"d_model", c.d_model},       {"num_layers", c.num_layers},
+                              {"num_heads", c.num_heads},   {"d_ff", c.d_ff},
+                              {"rope_theta", c.rope_theta}};
+  // Variant fields only where they differ from the CS336 model, so its configs read as before.
+  if (c.ffn != FfnKind::swiglu) j["ffn"] = ffn_name(c.ffn);
+  if (c.ffn == FfnKind::mlp) j["activation"] = activation_name(c.activation);
+  return j;
 }
 
 void validate(const ModelConfig& c, const std::string& where) {

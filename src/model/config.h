@@ -2,6 +2,10 @@
 //   {"vocab_size": 10000, "context_length": 256, "d_model": 512, "num_layers": 4,
 //    "num_heads": 16, "d_ff": 1344, "rope_theta": 10000.0}
 // Every field is required; an unknown field or an impossible shape is an error naming the field.
+// Optional variant fields (issue 6; absent means the default, the CS336 model):
+//   "ffn": "swiglu" (default) | "geglu" | "reglu" (gated: act(W1 x) ⊙ W3 x, then W2) |
+//          "mlp" (W2 act(W1 x), no W3);
+//   "activation": for "mlp" only: "gelu" (default; exact, with erf) | "relu" | "silu" | "relu2" (ReLU²).
 #pragma once
 
 #include <cstdint>
@@ -9,6 +13,11 @@
 #include <string>
 
 namespace scratchlm {
+
+enum class FfnKind { swiglu, geglu, reglu, mlp };
+enum class Activation { relu, gelu, silu, relu2 };
+const char* ffn_name(FfnKind f);
+const char* activation_name(Activation a);
 
 struct ModelConfig {
   std::int64_t vocab_size = 0;
@@ -18,6 +27,10 @@ struct ModelConfig {
   std::int64_t num_heads = 0;
   std::int64_t d_ff = 0;
   double rope_theta = 10000.0;
+  FfnKind ffn = FfnKind::swiglu;
+  Activation activation = Activation::silu;   // the feed-forward's: silu for swiglu, gelu for geglu, relu for reglu
+
+  bool gated() const { return ffn != FfnKind::mlp; }
 
   std::int64_t d_head() const { return d_model / num_heads; }
   bool operator==(const ModelConfig&) const = default;

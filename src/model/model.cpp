@@ -1,5 +1,6 @@
 #include "model/model.h"
 
+#include "ops/activation.h"
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
 #include "ops/elementwise.h"
@@ -27,7 +28,8 @@ Activations::Activations(const ModelConfig& c, std::int64_t B_, std::int64_t T_,
     for (auto* buf : {&l.x_in, &l.ln1, &l.q, &l.k, &l.v, &l.attn, &l.x_mid, &l.ln2}) buf->resize(N * C);
     for (auto* buf : {&l.rstd1, &l.rstd2}) buf->resize(N);
     l.lse.resize(N * H);
-    for (auto* buf : {&l.a, &l.b, &l.h}) buf->resize(N * F);
+    for (auto* buf : {&l.a, &l.h}) buf->resize(N * F);
+    if (c.gated()) l.b.resize(N * F);
   }
   x_final.resize(N * C);
   ln_final.resize(N * C);
@@ -37,7 +39,8 @@ Activations::Activations(const ModelConfig& c, std::int64_t B_, std::int64_t T_,
   ce_lse.resize(N);
   if (wb == WithBackward::yes) {
     for (auto* buf : {&dx, &dbuf, &dq, &dk, &dv}) buf->resize(N * C);
-    for (auto* buf : {&dh, &da, &db}) buf->resize(N * F);
+    for (auto* buf : {&dh, &da}) buf->resize(N * F);
+    if (c.gated()) db.resize(N * F);
   }
 }
 
@@ -95,8 +98,15 @@ void model_forward(Activations& acts, Model& model, const std::int32_t* ids, std
     std::vector<float>& x_out = l + 1 < acts.layers.size() ? acts.layers[l + 1].x_in : acts.x_final;
     rmsnorm_forward(a.ln2.data(), a.rstd2.data(), a.x_mid.data(), lw.ln2, N, C);
     linear_forward(a.a.data(), a.ln2.data(), lw.w1, N, C, F);
-    linear_forward(a.b.data(), a.ln2.data(), lw.w3, N, C, F);
-    swiglu_forward(a.h.data(), a.a.data(), a.b.data(), N * F);
+    if (c.ffn == FfnKind::swiglu) {
+      linear_forward(a.b.data(), a.ln2.data(), lw.w3, N, C, F);
+      swiglu_forward(a.h.data(), a.a.data(), a.b.data(), N * F);
+    } else if (c.gated()) {   // GeGLU, ReGLU
+      linear_forward(a.b.data(), a.ln2.data(), lw.w3, N, C, F);
+      gated_forward(a.h.data(), a.a.data(), a.b.data(), N * F, c.activation);
+    } else {                  // plain MLP
+      activation_forward(a.h.data(), a.a.data(), N * F, c.activation);
+    }
     linear_forward(x_out.data(), a.h.data(), lw.w2, N, F, C);
     add_into(x_out.data(), a.x_mid.data(), N * C);    // x_out = x_mid + ffn
   }
@@ -140,9 +150,14 @@ void model_backward(std::vector<float>& grads, Activations& acts, Model& model, 
     const LayerWeights& lg = g.layers[l];
     // feed-forward sublayer: x_out = x_mid + w2(h); dx holds dL/dx_out
     linear_backward(acts.dh.data(), lg.w2, dx, a.h.data(), lw.w2, N, F, C, Accumulate::no);
-    swiglu_backward(acts.da.data(), acts.db.data(), acts.dh.data(), a.a.data(), a.b.data(), N * F);
+    if (c.ffn == FfnKind::swiglu)
+      swiglu_backward(acts.da.data(), acts.db.data(), acts.dh.data(), a.a.data(), a.b.data(), N * F);
+    else if (c.gated())
+      gated_backward(acts.da.data(), acts.db.data(), acts.dh.data(), a.a.data(), a.b.data(), N * F, c.activation);
+    else
+      activation_backward(acts.da.data(), acts.dh.data(), a.a.data(), N * F, c.activation);
     linear_backward(dbuf, lg.w1, acts.da.data(), a.ln2.data(), lw.w1, N, C, F, Accumulate::no);
-    linear_backward(dbuf, lg.w3, acts.db.data(), a.ln2.data(), lw.w3, N, C, F, Accumulate::yes);
+    if (c.gated()) linear_backward(dbuf, lg.w3, acts.db.data(), a.ln2.data(), lw.w3, N, C, F, Accumulate::yes);
     rmsnorm_backward(dx, lg.ln2, dbuf, a.x_mid.data(), lw.ln2, a.rstd2.data(), N, C, Accumulate::yes);
     // attention sublayer: x_mid = x_in + output_proj(attn); dx holds dL/dx_mid
     linear_backward(dbuf, lg.wo, dx, a.attn.data(), lw.wo, N, C, C, Accumulate::no);

@@ -1,7 +1,7 @@
 // The Transformer language model on the CPU (the reference path), as CS336 specifies it:
 //   x = token_embeddings[ids]                                   (B, T, C)
 //   for each layer:  x += output_proj(attention(rope(q_proj(rmsnorm1(x))), rope(k_proj(..)), v_proj(..)))
-//                    x += w2(silu(w1(rmsnorm2(x))) ⊙ w3(rmsnorm2(x)))
+//                    x += w2(silu(w1(rmsnorm2(x))) ⊙ w3(rmsnorm2(x)))   (or the ffn variant: config.h)
 //   logits = lm_head(rmsnorm_final(x))                          (B, T, V)
 // model_forward and model_backward are straight-line functions over the ops; backward is the same
 // list in reverse. Activations holds every buffer either needs, allocated once for (B, T).
@@ -44,7 +44,7 @@ struct LayerActs {
   std::vector<float> x_mid;    // (N, C) residual stream after the attention sublayer
   std::vector<float> ln2;      // (N, C)
   std::vector<float> rstd2;    // (N)
-  std::vector<float> a, b, h;  // (N, F) w1 x, w3 x, silu(a) ⊙ b
+  std::vector<float> a, b, h;  // (N, F) w1 x, w3 x, silu(a) ⊙ b (b empty without a gate: h = act(a))
 };
 
 struct Activations {

@@ -36,8 +36,9 @@ ParamLayout param_layout(const ModelConfig& c) {
     add(p + "ln2.weight", {C}, ParamInit::ones);
     add(p + "ffn.w1.weight", {F, C}, ParamInit::linear);
     add(p + "ffn.w2.weight", {C, F}, ParamInit::linear);
-    add(p + "ffn.w3.weight", {F, C}, ParamInit::linear);
+    if (c.gated()) add(p + "ffn.w3.weight", {F, C}, ParamInit::linear);
   }
+  layout.gated = c.gated();
   add("ln_final.weight", {C}, ParamInit::ones);
   add("lm_head.weight", {V, C}, ParamInit::linear);
   for (ParamSpec& s : layout.specs) {
@@ -53,7 +54,8 @@ ModelWeights model_weights(const ParamLayout& layout, float* arena) {
   auto next = [&]() { return arena + layout.specs[k++].offset; };
   ModelWeights w;
   w.embedding = next();
-  const std::size_t num_layers = (layout.specs.size() - 3) / 9;
+  const std::size_t per_layer = layout.gated ? 9 : 8;
+  const std::size_t num_layers = (layout.specs.size() - 3) / per_layer;
   for (std::size_t i = 0; i < num_layers; ++i) {
     LayerWeights l;
     l.ln1 = next();
@@ -64,7 +66,7 @@ ModelWeights model_weights(const ParamLayout& layout, float* arena) {
     l.ln2 = next();
     l.w1 = next();
     l.w2 = next();
-    l.w3 = next();
+    l.w3 = layout.gated ? next() : nullptr;
     w.layers.push_back(l);
   }
   w.ln_final = next();

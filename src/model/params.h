@@ -13,7 +13,7 @@
 //                layers.{i}.ln2.weight           (C)
 //                layers.{i}.ffn.w1.weight        (F, C)
 //                layers.{i}.ffn.w2.weight        (C, F)
-//                layers.{i}.ffn.w3.weight        (F, C)
+//                layers.{i}.ffn.w3.weight        (F, C)    gated feed-forwards only (not "mlp")
 //   ln_final.weight                              (C)
 //   lm_head.weight                               (V, C)
 #pragma once
@@ -41,6 +41,7 @@ struct ParamSpec {
 struct ParamLayout {
   std::vector<ParamSpec> specs;
   std::int64_t total = 0;   // floats in the arena
+  bool gated = true;        // the layers have ffn.w3
   const ParamSpec& find(const std::string& name) const;   // SLM_CHECK that it exists
 };
 
@@ -56,7 +57,7 @@ struct LayerWeights {
   float* ln2;    // (C)
   float* w1;     // (F, C)
   float* w2;     // (C, F)
-  float* w3;     // (F, C)
+  float* w3;     // (F, C); null without a gate (ffn "mlp")
 };
 struct ModelWeights {
   float* embedding;   // (V, C)

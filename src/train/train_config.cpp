@@ -16,6 +16,8 @@ const std::vector<TrainField>& train_fields() {
       {"model.num_heads", "attention heads (d_model must be divisible by it)"},
       {"model.d_ff", "hidden width of the SwiGLU feed-forward"},
       {"model.rope_theta", "RoPE base"},
+      {"model.ffn", "feed-forward: swiglu (default), geglu, reglu, or mlp (no gate; see model.activation)"},
+      {"model.activation", "the mlp feed-forward's activation: gelu (default), relu, silu, relu2"},
       {"train_data", "token file to train on (uint16/uint32, from `scratchlm tokenize`)"},
       {"valid_data", "token file for validation loss (\"\" for none)"},
       {"batch_size", "sequences per micro-batch"},
@@ -106,7 +108,7 @@ void merge_train_json(nlohmann::ordered_json& base, const nlohmann::json& overla
 
 nlohmann::json parse_flag_value(const std::string& field, const std::string& text) {
   const bool is_text = field == "train_data" || field == "valid_data" || field == "out_dir" || field == "device" ||
-                       field == "precision";
+                       field == "precision" || field == "model.ffn" || field == "model.activation";
   if (is_text) return text;
   try {
     return nlohmann::json::parse(text);

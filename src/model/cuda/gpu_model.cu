@@ -373,6 +373,9 @@ void download_logits(const GpuModel::Impl& m, std::int64_t first_row, std::int64
 }  // namespace
 
 GpuModel::GpuModel(const ModelConfig& c, const GpuModelOptions& o) : impl_(std::make_unique<Impl>()) {
+  if (c.ffn != FfnKind::swiglu)
+    fail("the GPU path has the SwiGLU feed-forward only; model field \"ffn\" \"", ffn_name(c.ffn),
+         "\" runs on the CPU (--device cpu) for now");
   Impl& m = *impl_;
   m.c = c;
   m.o = o;
