@@ -82,13 +82,16 @@ TEST(Accounting, TrainFlopsPerTokenIsSixNPlusAttention) {
     }
 }
 
-// Every shape with the SwiGLU feed-forward and with the plain MLP (no w3), which changes the count.
+// Every shape with the SwiGLU feed-forward, with the plain MLP (no w3) and with tied embeddings (no
+// lm_head), which change the count.
 std::vector<ModelConfig> with_ffn_variants(std::vector<ModelConfig> shapes) {
   const std::size_t n = shapes.size();
   for (std::size_t i = 0; i < n; ++i) {
     ModelConfig c = shapes[i];
     c.ffn = FfnKind::mlp;
     c.activation = Activation::relu2;
+    shapes.push_back(c);
+    c.tie_embeddings = true;
     shapes.push_back(c);
   }
   return shapes;
@@ -102,7 +105,7 @@ TEST(Accounting, ParametersMatchTheParamTable) {
     const ParamCounts p = compute_accounting(c, 1, c.context_length).params;
     EXPECT_EQ(p.total, layout.total) << c.d_model;
     EXPECT_EQ(p.embedding, layout.find("token_embeddings.weight").numel());
-    EXPECT_EQ(p.lm_head, layout.find("lm_head.weight").numel());
+    EXPECT_EQ(p.lm_head, c.tie_embeddings ? 0 : layout.find("lm_head.weight").numel());
     EXPECT_EQ(p.attention_per_layer, 4 * layout.find("layers.0.attn.q_proj.weight").numel());
     EXPECT_EQ(p.ffn_per_layer, layout.find("layers.0.ffn.w1.weight").numel() +
                                    layout.find("layers.0.ffn.w2.weight").numel() +

@@ -1,6 +1,7 @@
 // The architecture variants of the model (issue 6), on the CPU: each variant's whole-model gradient
 // against central finite differences of the loss, its parameter table, and the command line.
-// Variants so far: the feed-forward (SwiGLU, GeGLU, ReGLU, plain MLP with ReLU, GeLU, SiLU, ReLU²).
+// Variants so far: the feed-forward (SwiGLU, GeGLU, ReGLU, plain MLP with ReLU, GeLU, SiLU, ReLU²),
+// NoPE, tied embeddings, z-loss and final-logit soft-capping.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -17,22 +18,41 @@ namespace scratchlm {
 namespace {
 
 struct Variant {
-  FfnKind ffn;
-  Activation activation;
+  FfnKind ffn = FfnKind::swiglu;
+  Activation activation = Activation::silu;
+  Position position = Position::rope;
+  bool tie = false;
+  double z_loss = 0, softcap = 0;
 };
 
 const Variant kVariants[] = {
-    {FfnKind::swiglu, Activation::silu}, {FfnKind::geglu, Activation::gelu}, {FfnKind::reglu, Activation::relu},
-    {FfnKind::mlp, Activation::relu},    {FfnKind::mlp, Activation::gelu},   {FfnKind::mlp, Activation::silu},
-    {FfnKind::mlp, Activation::relu2},
+    {},
+    {.ffn = FfnKind::geglu, .activation = Activation::gelu},
+    {.ffn = FfnKind::reglu, .activation = Activation::relu},
+    {.ffn = FfnKind::mlp, .activation = Activation::relu},
+    {.ffn = FfnKind::mlp, .activation = Activation::gelu},
+    {.ffn = FfnKind::mlp, .activation = Activation::silu},
+    {.ffn = FfnKind::mlp, .activation = Activation::relu2},
+    {.position = Position::none},
+    {.tie = true},
+    {.z_loss = 0.1},
+    {.softcap = 2.0},   // logits of the tiny model reach ~±4: the cap bends them
+    {.ffn = FfnKind::geglu, .activation = Activation::gelu, .position = Position::none, .tie = true, .z_loss = 0.05,
+     .softcap = 3.0},
 };
 
 ModelConfig tiny(const Variant& v) {
   ModelConfig c{.vocab_size = 23, .context_length = 8, .d_model = 8, .num_layers = 2, .num_heads = 2, .d_ff = 12};
   c.ffn = v.ffn;
   c.activation = v.activation;
+  c.position = v.position;
+  c.tie_embeddings = v.tie;
+  c.z_loss = v.z_loss;
+  c.logit_softcap = v.softcap;
   return c;
 }
+
+std::string name(const Variant& v) { return to_json(tiny(v)).dump(); }
 
 // Loss and gradients of the whole model against central differences of the fp32 loss (accumulated in
 // double) at 3 entries of every parameter tensor. Error budget: the loss (≈3) carries a few
@@ -43,7 +63,7 @@ ModelConfig tiny(const Variant& v) {
 // far off (GeLU's derivative without its x·φ(x) term: 0.13 – 0.15).
 TEST(ModelVariants, WholeModelGradientMatchesFiniteDifferences) {
   for (const Variant& v : kVariants) {
-    SCOPED_TRACE(str(ffn_name(v.ffn), " ", activation_name(v.activation)));
+    SCOPED_TRACE(name(v));
     const ModelConfig c = tiny(v);
     Model model(c);
     Rng rng(7);
@@ -55,9 +75,11 @@ TEST(ModelVariants, WholeModelGradientMatchesFiniteDifferences) {
       targets[i] = static_cast<std::int32_t>((i * 5 + 1) % c.vocab_size);
     }
     Activations acts(c, B, T);
-    auto loss = [&] {
+    auto loss = [&] {   // the objective backward differentiates: cross-entropy + z-loss
       model_forward(acts, model, ids.data(), B, T);
-      return model_loss(acts, model, targets.data());
+      double objective = model_loss(acts, model, targets.data());
+      for (float l : acts.ce_lse) objective += c.z_loss * l * l / static_cast<double>(N);
+      return objective;
     };
     loss();
     std::vector<float> grads(model.params.size(), 0.0f);
@@ -89,6 +111,41 @@ TEST(ModelVariants, PlainMlpHasNoGateWeights) {
   for (const ParamSpec& s : layout.specs) EXPECT_EQ(s.name.find("w3"), std::string::npos) << s.name;
   EXPECT_EQ(layout.total, param_layout(tiny({FfnKind::swiglu, Activation::silu})).total - 2 * 12 * 8);
   EXPECT_EQ(model_weights(layout, nullptr).layers[1].w3, nullptr);
+  // Tied embeddings: no lm_head tensor; the head is the embedding.
+  const ParamLayout tied = param_layout(tiny({.tie = true}));
+  EXPECT_TRUE(tied.tied);
+  for (const ParamSpec& s : tied.specs) EXPECT_NE(s.name, "lm_head.weight");
+  float arena = 0;
+  const ModelWeights w = model_weights(tied, &arena);
+  EXPECT_EQ(w.lm_head, w.embedding);
+}
+
+TEST(ModelVariants, NopeIgnoresPositionsAndTheCapBoundsTheLogits) {
+  // NoPE: in one layer the last position attends to its prefix as a set, so swapping two earlier
+  // tokens leaves its output unchanged (up to summation order); with RoPE the order matters.
+  for (Position p : {Position::none, Position::rope}) {
+    ModelConfig c = tiny({.position = p});
+    c.num_layers = 1;
+    Model model(c);
+    Rng rng(3);
+    init_params(model.layout, model.params.data(), rng);
+    Activations acts(c, 1, 5, Activations::WithBackward::no);
+    auto last_logits = [&](std::vector<std::int32_t> ids) {
+      model_forward(acts, model, ids.data(), 1, 5);
+      return std::vector<float>(acts.logits.end() - c.vocab_size, acts.logits.end());
+    };
+    const double change = test::rel_error(last_logits({3, 9, 14, 2, 7}), last_logits({9, 3, 14, 2, 7}));
+    if (p == Position::none) EXPECT_LT(change, 1e-5);
+    else EXPECT_GT(change, 1e-3);
+  }
+  const ModelConfig c = tiny({.softcap = 1.5});
+  Model model(c);
+  Rng rng(4);
+  init_params(model.layout, model.params.data(), rng);
+  Activations acts(c, 1, 6, Activations::WithBackward::no);
+  const std::vector<std::int32_t> ids = {1, 2, 3, 4, 5, 6};
+  model_forward(acts, model, ids.data(), 1, 6);
+  for (float z : acts.logits) EXPECT_LE(std::fabs(z), 1.5f);
 }
 
 TEST(ModelVariants, ConfigNamesTheVariantAndRejectsMismatches) {
@@ -121,6 +178,21 @@ TEST(ModelVariants, ConfigNamesTheVariantAndRejectsMismatches) {
   fails_naming(j, "\"activation\"");
   j["activation"] = 3;
   fails_naming(j, "must be a string");
+  j["activation"] = "relu";
+  j["position"] = "alibi";
+  fails_naming(j, "\"position\"");
+  j["position"] = "none";
+  j["z_loss"] = -1;
+  fails_naming(j, "\"z_loss\"");
+  j["z_loss"] = 1e-4;
+  j["logit_softcap"] = "big";
+  fails_naming(j, "\"logit_softcap\"");
+  j["logit_softcap"] = 30.0;
+  j["tie_embeddings"] = 1;
+  fails_naming(j, "\"tie_embeddings\"");
+  j["tie_embeddings"] = true;
+  const ModelConfig all = model_config_from_json(j, "x");
+  EXPECT_EQ(model_config_from_json(nlohmann::json(to_json(all)), "x"), all);
 }
 
 // The command: a plain-MLP model trains on the CPU, checkpoints without w3 and resumes; the GPU

@@ -32,7 +32,7 @@ ParamCounts count_params(const ModelConfig& c) {
   p.norms_per_layer = mul(2, C);
   p.ffn_per_layer = mul(c.gated() ? 3 : 2, mul(C, F));
   p.final_norm = C;
-  p.lm_head = mul(V, C);
+  p.lm_head = c.tie_embeddings ? 0 : mul(V, C);   // tied: the embedding is the head
   const std::int64_t per_layer = add(add(p.attention_per_layer, p.norms_per_layer), p.ffn_per_layer);
   p.total = add(add(add(p.embedding, mul(L, per_layer)), p.final_norm), p.lm_head);
   p.non_embedding = p.total - p.embedding;
@@ -239,7 +239,8 @@ std::string accounting_table(const Accounting& a) {
        c.gated() ? "3·C·F·L" : "2·C·F·L", commas(p.ffn_per_layer), commas(c.num_layers * p.ffn_per_layer),
        percent(c.num_layers * p.ffn_per_layer, P)},
       {"final norm", "C", "-", commas(p.final_norm), percent(p.final_norm, P)},
-      {"lm_head (untied)", "V·C", "-", commas(p.lm_head), percent(p.lm_head, P)},
+      {c.tie_embeddings ? "lm_head (tied: the embedding)" : "lm_head (untied)", c.tie_embeddings ? "0" : "V·C", "-",
+       commas(p.lm_head), percent(p.lm_head, P)},
       {"total", "", "", commas(p.total), percent(P, P)},
       {"non-embedding", "total − V·C", "", commas(p.non_embedding), percent(p.non_embedding, P)},
   });

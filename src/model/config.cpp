@@ -37,7 +37,8 @@ const char* activation_name(Activation a) {
 ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& where) {
   if (!j.is_object()) fail(where, ": the model config must be a JSON object");
   static const char* known[] = {"vocab_size", "context_length", "d_model", "num_layers", "num_heads",
-                                "d_ff",       "rope_theta",     "ffn",     "activation"};
+                                "d_ff",       "rope_theta",     "ffn",     "activation", "position",
+                                "tie_embeddings", "z_loss", "logit_softcap"};
   for (const auto& [key, value] : j.items()) {
     bool ok = false;
     for (const char* k : known) ok = ok || key == k;
@@ -80,6 +81,21 @@ ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& w
     if (!found)
       fail(where, ": model field \"activation\" must be \"relu\", \"gelu\", \"silu\" or \"relu2\", got \"", a, "\"");
   }
+  if (j.contains("position")) {
+    const std::string pos = get_name("position");
+    if (pos == "rope") c.position = Position::rope;
+    else if (pos == "none") c.position = Position::none;
+    else fail(where, ": model field \"position\" must be \"rope\" or \"none\", got \"", pos, "\"");
+  }
+  if (j.contains("tie_embeddings")) {
+    if (!j["tie_embeddings"].is_boolean()) fail(where, ": model field \"tie_embeddings\" must be true or false");
+    c.tie_embeddings = j["tie_embeddings"].get<bool>();
+  }
+  for (auto [key, value] : {std::pair{"z_loss", &c.z_loss}, std::pair{"logit_softcap", &c.logit_softcap}}) {
+    if (!j.contains(key)) continue;
+    if (!j[key].is_number()) fail(where, ": model field \"", key, "\" must be a number, got ", j[key].dump());
+    *value = j[key].get<double>();
+  }
   validate(c, where);
   return c;
 }
@@ -92,6 +108,10 @@ nlohmann::ordered_json to_json(const ModelConfig& c) {
   // Variant fields only where they differ from the CS336 model, so its configs read as before.
   if (c.ffn != FfnKind::swiglu) j["ffn"] = ffn_name(c.ffn);
   if (c.ffn == FfnKind::mlp) j["activation"] = activation_name(c.activation);
+  if (c.position == Position::none) j["position"] = "none";
+  if (c.tie_embeddings) j["tie_embeddings"] = true;
+  if (c.z_loss != 0) j["z_loss"] = c.z_loss;
+  if (c.logit_softcap != 0) j["logit_softcap"] = c.logit_softcap;
   return j;
 }
 
@@ -108,8 +128,10 @@ void validate(const ModelConfig& c, const std::string& where) {
   if (c.vocab_size > (std::int64_t{1} << 31)) fail(where, ": model field \"vocab_size\" is too large");
   if (c.d_model % c.num_heads != 0)
     fail(where, ": model field \"d_model\" (", c.d_model, ") must be divisible by \"num_heads\" (", c.num_heads, ")");
-  if (c.d_head() % 2 != 0)
+  if (c.position == Position::rope && c.d_head() % 2 != 0)
     fail(where, ": d_model / num_heads = ", c.d_head(), " must be even (RoPE rotates pairs)");
+  if (!(c.z_loss >= 0)) fail(where, ": model field \"z_loss\" must be at least 0, got ", c.z_loss);
+  if (!(c.logit_softcap >= 0)) fail(where, ": model field \"logit_softcap\" must be at least 0 (0 = off), got ", c.logit_softcap);
   if (!(c.rope_theta > 1.0)) fail(where, ": model field \"rope_theta\" must be greater than 1, got ", c.rope_theta);
 }
 

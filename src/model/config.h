@@ -5,7 +5,12 @@
 // Optional variant fields (issue 6; absent means the default, the CS336 model):
 //   "ffn": "swiglu" (default) | "geglu" | "reglu" (gated: act(W1 x) ⊙ W3 x, then W2) |
 //          "mlp" (W2 act(W1 x), no W3);
-//   "activation": for "mlp" only: "gelu" (default; exact, with erf) | "relu" | "silu" | "relu2" (ReLU²).
+//   "activation": for "mlp" only: "gelu" (default; exact, with erf) | "relu" | "silu" | "relu2" (ReLU²);
+//   "position": "rope" (default) | "none" (NoPE: no position signal but the causal mask);
+//   "tie_embeddings": false (default) | true (the LM head is the token embedding; no lm_head.weight);
+//   "z_loss": 0 (default) | c > 0: c · log²Z (Z the softmax normaliser) added to each token's loss
+//             (PaLM's auxiliary loss; the logged and evaluated loss stays the cross-entropy);
+//   "logit_softcap": 0 (default, off) | c > 0: the final logits z become c · tanh(z / c) (Gemma 2).
 #pragma once
 
 #include <cstdint>
@@ -16,6 +21,7 @@ namespace scratchlm {
 
 enum class FfnKind { swiglu, geglu, reglu, mlp };
 enum class Activation { relu, gelu, silu, relu2 };
+enum class Position { rope, none };
 const char* ffn_name(FfnKind f);
 const char* activation_name(Activation a);
 
@@ -30,7 +36,17 @@ struct ModelConfig {
   FfnKind ffn = FfnKind::swiglu;
   Activation activation = Activation::silu;   // the feed-forward's: silu for swiglu, gelu for geglu, relu for reglu
 
+  Position position = Position::rope;
+  bool tie_embeddings = false;
+  double z_loss = 0.0;
+  double logit_softcap = 0.0;
+
   bool gated() const { return ffn != FfnKind::mlp; }
+  // The CS336 model: what the GPU path implements so far.
+  bool is_default_architecture() const {
+    return ffn == FfnKind::swiglu && position == Position::rope && !tie_embeddings && z_loss == 0 &&
+           logit_softcap == 0;
+  }
 
   std::int64_t d_head() const { return d_model / num_heads; }
   bool operator==(const ModelConfig&) const = default;

@@ -86,8 +86,10 @@ void model_forward(Activations& acts, Model& model, const std::int32_t* ids, std
     linear_forward(a.q.data(), a.ln1.data(), lw.wq, N, C, C);
     linear_forward(k_dst, a.ln1.data(), lw.wk, N, C, C);
     linear_forward(v_dst, a.ln1.data(), lw.wv, N, C, C);
-    rope_forward(a.q.data(), a.q.data(), acts.positions.data(), model.rope, B, T, H, D);
-    rope_forward(k_dst, k_dst, acts.positions.data(), model.rope, B, T, H, D);
+    if (c.position == Position::rope) {
+      rope_forward(a.q.data(), a.q.data(), acts.positions.data(), model.rope, B, T, H, D);
+      rope_forward(k_dst, k_dst, acts.positions.data(), model.rope, B, T, H, D);
+    }
     AttentionDims dims{.B = B, .H = H, .D = D, .Tq = T, .Tk = start + T, .kv_batch_stride = 0};
     const float* k_all = cache ? cache->k.data() + l * cache->capacity * C : a.k.data();
     const float* v_all = cache ? cache->v.data() + l * cache->capacity * C : a.v.data();
@@ -112,11 +114,9 @@ void model_forward(Activations& acts, Model& model, const std::int32_t* ids, std
   }
   if (cache) cache->length += T;
   rmsnorm_forward(acts.ln_final.data(), acts.rstd_final.data(), acts.x_final.data(), w.ln_final, N, C);
-  if (cache) {   // generation needs only the last position's distribution
-    linear_forward(acts.logits.data(), acts.ln_final.data() + (N - 1) * C, w.lm_head, 1, C, V);
-  } else {
-    linear_forward(acts.logits.data(), acts.ln_final.data(), w.lm_head, N, C, V);
-  }
+  const std::int64_t rows = cache ? 1 : N;   // generation needs only the last position's distribution
+  linear_forward(acts.logits.data(), acts.ln_final.data() + (N - rows) * C, w.lm_head, rows, C, V);
+  if (c.logit_softcap > 0) softcap_forward(acts.logits.data(), rows * V, static_cast<float>(c.logit_softcap));
 }
 
 double model_loss(Activations& acts, const Model& model, const std::int32_t* targets) {
@@ -139,7 +139,8 @@ void model_backward(std::vector<float>& grads, Activations& acts, Model& model, 
   // loss → logits → final norm
   float* dlogits = acts.logits.data();   // in place: the logits are not needed any more
   cross_entropy_backward(dlogits, acts.logits.data(), acts.ce_lse.data(), targets, N, V,
-                         loss_scale / static_cast<float>(N));
+                         loss_scale / static_cast<float>(N),
+                         {.z_loss = static_cast<float>(c.z_loss), .softcap = static_cast<float>(c.logit_softcap)});
   linear_backward(dbuf, g.lm_head, dlogits, acts.ln_final.data(), w.lm_head, N, C, V, Accumulate::no);
   rmsnorm_backward(dx, g.ln_final, dbuf, acts.x_final.data(), w.ln_final, acts.rstd_final.data(), N, C,
                    Accumulate::no);
@@ -164,8 +165,10 @@ void model_backward(std::vector<float>& grads, Activations& acts, Model& model, 
     AttentionDims dims{.B = B, .H = H, .D = D, .Tq = T, .Tk = T, .kv_batch_stride = 0};
     attention_backward(acts.dq.data(), acts.dk.data(), acts.dv.data(), dbuf, a.q.data(), a.k.data(), a.v.data(),
                        a.attn.data(), a.lse.data(), dims);
-    rope_backward(acts.dq.data(), acts.dq.data(), acts.positions.data(), model.rope, B, T, H, D);
-    rope_backward(acts.dk.data(), acts.dk.data(), acts.positions.data(), model.rope, B, T, H, D);
+    if (c.position == Position::rope) {
+      rope_backward(acts.dq.data(), acts.dq.data(), acts.positions.data(), model.rope, B, T, H, D);
+      rope_backward(acts.dk.data(), acts.dk.data(), acts.positions.data(), model.rope, B, T, H, D);
+    }
     linear_backward(dbuf, lg.wq, acts.dq.data(), a.ln1.data(), lw.wq, N, C, C, Accumulate::no);
     linear_backward(dbuf, lg.wk, acts.dk.data(), a.ln1.data(), lw.wk, N, C, C, Accumulate::yes);
     linear_backward(dbuf, lg.wv, acts.dv.data(), a.ln1.data(), lw.wv, N, C, C, Accumulate::yes);

@@ -84,10 +84,12 @@ struct KvCache {
 void model_forward(Activations& acts, Model& model, const std::int32_t* ids, std::int64_t B, std::int64_t T,
                    KvCache* cache = nullptr);
 
-// Mean cross-entropy of acts.logits against targets (B, T); fills acts.losses and acts.ce_lse.
+// Mean cross-entropy of acts.logits against targets (B, T); fills acts.losses and acts.ce_lse. With
+// config.z_loss the objective backward differentiates also has z_loss · mean(lse²); this value (the
+// one logged and evaluated) is the cross-entropy alone.
 double model_loss(Activations& acts, const Model& model, const std::int32_t* targets);
 
-// Adds the gradient of (loss_scale · mean loss) to grads (an arena with the model's layout), using
+// Adds the gradient of (loss_scale · mean loss [+ z-loss]) to grads (an arena with the model's layout), using
 // the activations of the last model_forward + model_loss on the same ids. Overwrites acts.logits.
 void model_backward(std::vector<float>& grads, Activations& acts, Model& model, const std::int32_t* ids,
                     const std::int32_t* targets, float loss_scale);

@@ -40,7 +40,8 @@ ParamLayout param_layout(const ModelConfig& c) {
   }
   layout.gated = c.gated();
   add("ln_final.weight", {C}, ParamInit::ones);
-  add("lm_head.weight", {V, C}, ParamInit::linear);
+  if (!c.tie_embeddings) add("lm_head.weight", {V, C}, ParamInit::linear);
+  layout.tied = c.tie_embeddings;
   for (ParamSpec& s : layout.specs) {
     s.offset = layout.total;
     layout.total += s.numel();
@@ -55,7 +56,7 @@ ModelWeights model_weights(const ParamLayout& layout, float* arena) {
   ModelWeights w;
   w.embedding = next();
   const std::size_t per_layer = layout.gated ? 9 : 8;
-  const std::size_t num_layers = (layout.specs.size() - 3) / per_layer;
+  const std::size_t num_layers = (layout.specs.size() - (layout.tied ? 2 : 3)) / per_layer;
   for (std::size_t i = 0; i < num_layers; ++i) {
     LayerWeights l;
     l.ln1 = next();
@@ -70,7 +71,7 @@ ModelWeights model_weights(const ParamLayout& layout, float* arena) {
     w.layers.push_back(l);
   }
   w.ln_final = next();
-  w.lm_head = next();
+  w.lm_head = layout.tied ? w.embedding : next();
   SLM_CHECK(k == layout.specs.size());
   return w;
 }

@@ -15,7 +15,7 @@
 //                layers.{i}.ffn.w2.weight        (C, F)
 //                layers.{i}.ffn.w3.weight        (F, C)    gated feed-forwards only (not "mlp")
 //   ln_final.weight                              (C)
-//   lm_head.weight                               (V, C)
+//   lm_head.weight                               (V, C)    absent with tied embeddings
 #pragma once
 
 #include <cstdint>
@@ -42,6 +42,7 @@ struct ParamLayout {
   std::vector<ParamSpec> specs;
   std::int64_t total = 0;   // floats in the arena
   bool gated = true;        // the layers have ffn.w3
+  bool tied = false;        // no lm_head.weight: the head is token_embeddings.weight
   const ParamSpec& find(const std::string& name) const;   // SLM_CHECK that it exists
 };
 
@@ -63,7 +64,7 @@ struct ModelWeights {
   float* embedding;   // (V, C)
   std::vector<LayerWeights> layers;
   float* ln_final;    // (C)
-  float* lm_head;     // (V, C)
+  float* lm_head;     // (V, C); the embedding itself with tied embeddings
 };
 ModelWeights model_weights(const ParamLayout& layout, float* arena);
 

@@ -15,9 +15,21 @@ void softmax_forward(float* out, const float* x, std::int64_t N, std::int64_t V)
 double cross_entropy_forward(float* losses, float* lse, const float* logits, const std::int32_t* targets,
                              std::int64_t N, std::int64_t V);
 
-// dlogits (N, V) = (softmax(z) − onehot(target)) · scale; scale = dloss / N for the mean loss.
-// Overwrites dlogits, which may alias logits.
+// The final softmax's stability extras (issue 6), both off by default:
+//   z_loss:  each row's loss gains z_loss · lse², whose gradient is 2 · z_loss · lse · softmax;
+//   softcap: the logits were capped, z = c · tanh(raw / c) (softcap_forward); the gradient is then
+//            taken with respect to the raw logits: × (1 − (z / c)²), computed from z alone.
+struct SoftmaxExtras {
+  float z_loss = 0.0f;
+  float softcap = 0.0f;
+};
+
+// dlogits (N, V) = (softmax(z) − onehot(target)) · scale; scale = dloss / N for the mean loss; with
+// the extras above when set. Overwrites dlogits, which may alias logits.
 void cross_entropy_backward(float* dlogits, const float* logits, const float* lse, const std::int32_t* targets,
-                            std::int64_t N, std::int64_t V, float scale);
+                            std::int64_t N, std::int64_t V, float scale, const SoftmaxExtras& extras = {});
+
+// x (n) = c · tanh(x / c), in place.
+void softcap_forward(float* x, std::int64_t n, float c);
 
 }  // namespace scratchlm

@@ -18,6 +18,10 @@ const std::vector<TrainField>& train_fields() {
       {"model.rope_theta", "RoPE base"},
       {"model.ffn", "feed-forward: swiglu (default), geglu, reglu, or mlp (no gate; see model.activation)"},
       {"model.activation", "the mlp feed-forward's activation: gelu (default), relu, silu, relu2"},
+      {"model.position", "position signal: rope (default) or none (NoPE)"},
+      {"model.tie_embeddings", "use the token embedding as the LM head (true/false)"},
+      {"model.z_loss", "coefficient of the z-loss c·log²Z on the final softmax (0 = off)"},
+      {"model.logit_softcap", "soft-cap the final logits at c·tanh(z/c) (0 = off)"},
       {"train_data", "token file to train on (uint16/uint32, from `scratchlm tokenize`)"},
       {"valid_data", "token file for validation loss (\"\" for none)"},
       {"batch_size", "sequences per micro-batch"},
@@ -108,7 +112,7 @@ void merge_train_json(nlohmann::ordered_json& base, const nlohmann::json& overla
 
 nlohmann::json parse_flag_value(const std::string& field, const std::string& text) {
   const bool is_text = field == "train_data" || field == "valid_data" || field == "out_dir" || field == "device" ||
-                       field == "precision" || field == "model.ffn" || field == "model.activation";
+                       field == "precision" || field == "model.ffn" || field == "model.activation" || field == "model.position";
   if (is_text) return text;
   try {
     return nlohmann::json::parse(text);

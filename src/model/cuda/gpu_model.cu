@@ -373,9 +373,10 @@ void download_logits(const GpuModel::Impl& m, std::int64_t first_row, std::int64
 }  // namespace
 
 GpuModel::GpuModel(const ModelConfig& c, const GpuModelOptions& o) : impl_(std::make_unique<Impl>()) {
-  if (c.ffn != FfnKind::swiglu)
-    fail("the GPU path has the SwiGLU feed-forward only; model field \"ffn\" \"", ffn_name(c.ffn),
-         "\" runs on the CPU (--device cpu) for now");
+  if (!c.is_default_architecture())
+    fail("the GPU path has the CS336 architecture only so far (model fields \"ffn\", \"position\", \"tie_embeddings\", "
+         "\"z_loss\", \"logit_softcap\" at their defaults; this model sets ",
+         to_json(c).dump(), "); train it on the CPU with --device cpu");
   Impl& m = *impl_;
   m.c = c;
   m.o = o;

@@ -42,15 +42,35 @@ double cross_entropy_forward(float* losses, float* lse, const float* logits, con
 }
 
 void cross_entropy_backward(float* dlogits, const float* logits, const float* lse, const std::int32_t* targets,
-                            std::int64_t N, std::int64_t V, float scale) {
+                            std::int64_t N, std::int64_t V, float scale, const SoftmaxExtras& extras) {
+  if (extras.z_loss == 0.0f && extras.softcap == 0.0f) {   // the plain case, vectorized
+#pragma omp parallel for schedule(static)
+    for (std::int64_t n = 0; n < N; ++n) {
+      const float* z = logits + n * V;
+      float* d = dlogits + n * V;
+      const float l = lse[n];
+      for (std::int64_t v = 0; v < V; ++v) d[v] = fast_exp(z[v] - l) * scale;
+      d[targets[n]] -= scale;
+    }
+    return;
+  }
 #pragma omp parallel for schedule(static)
   for (std::int64_t n = 0; n < N; ++n) {
     const float* z = logits + n * V;
     float* d = dlogits + n * V;
-    const float l = lse[n];
-    for (std::int64_t v = 0; v < V; ++v) d[v] = fast_exp(z[v] - l) * scale;
-    d[targets[n]] -= scale;
+    const double l = lse[n], p_scale = 1.0 + 2.0 * extras.z_loss * l;
+    for (std::int64_t v = 0; v < V; ++v) {
+      const double zv = z[v];   // read before d[v] (which may alias it) is written
+      double g = std::exp(zv - l) * p_scale - (v == targets[n] ? 1.0 : 0.0);
+      if (extras.softcap != 0.0f) g *= 1.0 - (zv / extras.softcap) * (zv / extras.softcap);
+      d[v] = static_cast<float>(g * scale);
+    }
   }
+}
+
+void softcap_forward(float* x, std::int64_t n, float c) {
+#pragma omp parallel for schedule(static)
+  for (std::int64_t i = 0; i < n; ++i) x[i] = static_cast<float>(c * std::tanh(static_cast<double>(x[i]) / c));
 }
 
 }  // namespace scratchlm
