@@ -93,6 +93,8 @@ std::vector<ModelConfig> with_ffn_variants(std::vector<ModelConfig> shapes) {
     shapes.push_back(c);
     c.tie_embeddings = true;
     shapes.push_back(c);
+    c.qk_norm = true;
+    shapes.push_back(c);
   }
   return shapes;
 }

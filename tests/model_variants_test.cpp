@@ -1,7 +1,7 @@
 // The architecture variants of the model (issue 6), on the CPU: each variant's whole-model gradient
 // against central finite differences of the loss, its parameter table, and the command line.
 // Variants so far: the feed-forward (SwiGLU, GeGLU, ReGLU, plain MLP with ReLU, GeLU, SiLU, ReLU²),
-// NoPE, tied embeddings, z-loss and final-logit soft-capping.
+// NoPE, tied embeddings, z-loss, final-logit soft-capping and QK-norm.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -23,6 +23,7 @@ struct Variant {
   Position position = Position::rope;
   bool tie = false;
   double z_loss = 0, softcap = 0;
+  bool qk_norm = false;
 };
 
 const Variant kVariants[] = {
@@ -37,8 +38,9 @@ const Variant kVariants[] = {
     {.tie = true},
     {.z_loss = 0.1},
     {.softcap = 2.0},   // logits of the tiny model reach ~±4: the cap bends them
+    {.qk_norm = true},
     {.ffn = FfnKind::geglu, .activation = Activation::gelu, .position = Position::none, .tie = true, .z_loss = 0.05,
-     .softcap = 3.0},
+     .softcap = 3.0, .qk_norm = true},
 };
 
 ModelConfig tiny(const Variant& v) {
@@ -49,6 +51,7 @@ ModelConfig tiny(const Variant& v) {
   c.tie_embeddings = v.tie;
   c.z_loss = v.z_loss;
   c.logit_softcap = v.softcap;
+  c.qk_norm = v.qk_norm;
   return c;
 }
 
@@ -191,6 +194,9 @@ TEST(ModelVariants, ConfigNamesTheVariantAndRejectsMismatches) {
   j["tie_embeddings"] = 1;
   fails_naming(j, "\"tie_embeddings\"");
   j["tie_embeddings"] = true;
+  j["qk_norm"] = "yes";
+  fails_naming(j, "\"qk_norm\"");
+  j["qk_norm"] = true;
   const ModelConfig all = model_config_from_json(j, "x");
   EXPECT_EQ(model_config_from_json(nlohmann::json(to_json(all)), "x"), all);
 }

@@ -10,7 +10,9 @@
 //   "tie_embeddings": false (default) | true (the LM head is the token embedding; no lm_head.weight);
 //   "z_loss": 0 (default) | c > 0: c · log²Z (Z the softmax normaliser) added to each token's loss
 //             (PaLM's auxiliary loss; the logged and evaluated loss stays the cross-entropy);
-//   "logit_softcap": 0 (default, off) | c > 0: the final logits z become c · tanh(z / c) (Gemma 2).
+//   "logit_softcap": 0 (default, off) | c > 0: the final logits z become c · tanh(z / c) (Gemma 2);
+//   "qk_norm": false (default) | true: RMSNorm on each head's query and key (before RoPE), with
+//              gains of d_head shared by the heads (attn.q_norm.weight, attn.k_norm.weight).
 #pragma once
 
 #include <cstdint>
@@ -40,12 +42,13 @@ struct ModelConfig {
   bool tie_embeddings = false;
   double z_loss = 0.0;
   double logit_softcap = 0.0;
+  bool qk_norm = false;
 
   bool gated() const { return ffn != FfnKind::mlp; }
   // The CS336 model: what the GPU path implements so far.
   bool is_default_architecture() const {
     return ffn == FfnKind::swiglu && position == Position::rope && !tie_embeddings && z_loss == 0 &&
-           logit_softcap == 0;
+           logit_softcap == 0 && !qk_norm;
   }
 
   std::int64_t d_head() const { return d_model / num_heads; }

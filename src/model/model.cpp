@@ -27,6 +27,10 @@ Activations::Activations(const ModelConfig& c, std::int64_t B_, std::int64_t T_,
   for (LayerActs& l : layers) {
     for (auto* buf : {&l.x_in, &l.ln1, &l.q, &l.k, &l.v, &l.attn, &l.x_mid, &l.ln2}) buf->resize(N * C);
     for (auto* buf : {&l.rstd1, &l.rstd2}) buf->resize(N);
+    if (c.qk_norm) {
+      for (auto* buf : {&l.q_raw, &l.k_raw}) buf->resize(N * C);
+      for (auto* buf : {&l.rstd_q, &l.rstd_k}) buf->resize(N * H);
+    }
     l.lse.resize(N * H);
     for (auto* buf : {&l.a, &l.h}) buf->resize(N * F);
     if (c.gated()) l.b.resize(N * F);
@@ -39,6 +43,7 @@ Activations::Activations(const ModelConfig& c, std::int64_t B_, std::int64_t T_,
   ce_lse.resize(N);
   if (wb == WithBackward::yes) {
     for (auto* buf : {&dx, &dbuf, &dq, &dk, &dv}) buf->resize(N * C);
+    if (c.qk_norm) dqk_raw.resize(N * C);
     for (auto* buf : {&dh, &da}) buf->resize(N * F);
     if (c.gated()) db.resize(N * F);
   }
@@ -48,10 +53,10 @@ std::int64_t Activations::bytes() const {
   std::size_t floats = 0;
   for (const LayerActs& l : layers)
     for (const auto* buf : {&l.x_in, &l.ln1, &l.rstd1, &l.q, &l.k, &l.v, &l.lse, &l.attn, &l.x_mid, &l.ln2,
-                            &l.rstd2, &l.a, &l.b, &l.h})
+                            &l.rstd2, &l.a, &l.b, &l.h, &l.q_raw, &l.k_raw, &l.rstd_q, &l.rstd_k})
       floats += buf->size();
   for (const auto* buf : {&x_final, &ln_final, &rstd_final, &logits, &losses, &ce_lse, &dx, &dbuf, &dq, &dk, &dv,
-                          &dh, &da, &db})
+                          &dh, &da, &db, &dqk_raw})
     floats += buf->size();
   return static_cast<std::int64_t>(4 * floats);
 }
@@ -83,8 +88,15 @@ void model_forward(Activations& acts, Model& model, const std::int32_t* ids, std
     float* v_dst = cache ? cache->v.data() + (l * cache->capacity + start) * C : a.v.data();
     // attention sublayer
     rmsnorm_forward(a.ln1.data(), a.rstd1.data(), a.x_in.data(), lw.ln1, N, C);
-    linear_forward(a.q.data(), a.ln1.data(), lw.wq, N, C, C);
-    linear_forward(k_dst, a.ln1.data(), lw.wk, N, C, C);
+    if (c.qk_norm) {   // each head's q and k normalised over its D values: (N·H) rows of D
+      linear_forward(a.q_raw.data(), a.ln1.data(), lw.wq, N, C, C);
+      linear_forward(a.k_raw.data(), a.ln1.data(), lw.wk, N, C, C);
+      rmsnorm_forward(a.q.data(), a.rstd_q.data(), a.q_raw.data(), lw.q_norm, N * H, D);
+      rmsnorm_forward(k_dst, a.rstd_k.data(), a.k_raw.data(), lw.k_norm, N * H, D);
+    } else {
+      linear_forward(a.q.data(), a.ln1.data(), lw.wq, N, C, C);
+      linear_forward(k_dst, a.ln1.data(), lw.wk, N, C, C);
+    }
     linear_forward(v_dst, a.ln1.data(), lw.wv, N, C, C);
     if (c.position == Position::rope) {
       rope_forward(a.q.data(), a.q.data(), acts.positions.data(), model.rope, B, T, H, D);
@@ -169,8 +181,17 @@ void model_backward(std::vector<float>& grads, Activations& acts, Model& model, 
       rope_backward(acts.dq.data(), acts.dq.data(), acts.positions.data(), model.rope, B, T, H, D);
       rope_backward(acts.dk.data(), acts.dk.data(), acts.positions.data(), model.rope, B, T, H, D);
     }
-    linear_backward(dbuf, lg.wq, acts.dq.data(), a.ln1.data(), lw.wq, N, C, C, Accumulate::no);
-    linear_backward(dbuf, lg.wk, acts.dk.data(), a.ln1.data(), lw.wk, N, C, C, Accumulate::yes);
+    if (c.qk_norm) {   // through the norms to the raw projections
+      rmsnorm_backward(acts.dqk_raw.data(), lg.q_norm, acts.dq.data(), a.q_raw.data(), lw.q_norm, a.rstd_q.data(),
+                       N * H, D, Accumulate::no);
+      linear_backward(dbuf, lg.wq, acts.dqk_raw.data(), a.ln1.data(), lw.wq, N, C, C, Accumulate::no);
+      rmsnorm_backward(acts.dqk_raw.data(), lg.k_norm, acts.dk.data(), a.k_raw.data(), lw.k_norm, a.rstd_k.data(),
+                       N * H, D, Accumulate::no);
+      linear_backward(dbuf, lg.wk, acts.dqk_raw.data(), a.ln1.data(), lw.wk, N, C, C, Accumulate::yes);
+    } else {
+      linear_backward(dbuf, lg.wq, acts.dq.data(), a.ln1.data(), lw.wq, N, C, C, Accumulate::no);
+      linear_backward(dbuf, lg.wk, acts.dk.data(), a.ln1.data(), lw.wk, N, C, C, Accumulate::yes);
+    }
     linear_backward(dbuf, lg.wv, acts.dv.data(), a.ln1.data(), lw.wv, N, C, C, Accumulate::yes);
     rmsnorm_backward(dx, lg.ln1, dbuf, a.x_in.data(), lw.ln1, a.rstd1.data(), N, C, Accumulate::yes);
   }

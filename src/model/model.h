@@ -39,6 +39,8 @@ struct LayerActs {
   std::vector<float> ln1;      // (N, C) rmsnorm1(x_in)
   std::vector<float> rstd1;    // (N)
   std::vector<float> q, k, v;  // (N, C) = (B, T, H, D); q and k after RoPE
+  std::vector<float> q_raw, k_raw;   // (N, C) the projections before QK-norm (qk_norm only)
+  std::vector<float> rstd_q, rstd_k; // (N·H) QK-norm statistics (qk_norm only)
   std::vector<float> lse;      // (B, H, T) attention row log-sum-exp
   std::vector<float> attn;     // (N, C) attention output before output_proj
   std::vector<float> x_mid;    // (N, C) residual stream after the attention sublayer
@@ -61,6 +63,7 @@ struct Activations {
   std::vector<float> dx;        // (N, C) gradient of the residual stream
   std::vector<float> dbuf;      // (N, C) gradient of a sublayer's input or output
   std::vector<float> dq, dk, dv;// (N, C)
+  std::vector<float> dqk_raw;   // (N, C) QK-norm backward's output (qk_norm only)
   std::vector<float> dh, da, db;// (N, F)
 
   // With_backward::no allocates only what forward needs (evaluation, generation).

@@ -33,6 +33,10 @@ ParamLayout param_layout(const ModelConfig& c) {
     add(p + "attn.k_proj.weight", {C, C}, ParamInit::linear);
     add(p + "attn.v_proj.weight", {C, C}, ParamInit::linear);
     add(p + "attn.output_proj.weight", {C, C}, ParamInit::linear);
+    if (c.qk_norm) {
+      add(p + "attn.q_norm.weight", {c.d_head()}, ParamInit::ones);
+      add(p + "attn.k_norm.weight", {c.d_head()}, ParamInit::ones);
+    }
     add(p + "ln2.weight", {C}, ParamInit::ones);
     add(p + "ffn.w1.weight", {F, C}, ParamInit::linear);
     add(p + "ffn.w2.weight", {C, F}, ParamInit::linear);
@@ -42,6 +46,7 @@ ParamLayout param_layout(const ModelConfig& c) {
   add("ln_final.weight", {C}, ParamInit::ones);
   if (!c.tie_embeddings) add("lm_head.weight", {V, C}, ParamInit::linear);
   layout.tied = c.tie_embeddings;
+  layout.qk_norm = c.qk_norm;
   for (ParamSpec& s : layout.specs) {
     s.offset = layout.total;
     layout.total += s.numel();
@@ -55,7 +60,7 @@ ModelWeights model_weights(const ParamLayout& layout, float* arena) {
   auto next = [&]() { return arena + layout.specs[k++].offset; };
   ModelWeights w;
   w.embedding = next();
-  const std::size_t per_layer = layout.gated ? 9 : 8;
+  const std::size_t per_layer = 8 + (layout.gated ? 1 : 0) + (layout.qk_norm ? 2 : 0);
   const std::size_t num_layers = (layout.specs.size() - (layout.tied ? 2 : 3)) / per_layer;
   for (std::size_t i = 0; i < num_layers; ++i) {
     LayerWeights l;
@@ -64,6 +69,8 @@ ModelWeights model_weights(const ParamLayout& layout, float* arena) {
     l.wk = next();
     l.wv = next();
     l.wo = next();
+    l.q_norm = layout.qk_norm ? next() : nullptr;
+    l.k_norm = layout.qk_norm ? next() : nullptr;
     l.ln2 = next();
     l.w1 = next();
     l.w2 = next();

@@ -10,6 +10,8 @@
 //                layers.{i}.attn.k_proj.weight   (C, C)
 //                layers.{i}.attn.v_proj.weight   (C, C)
 //                layers.{i}.attn.output_proj.weight (C, C)
+//                layers.{i}.attn.q_norm.weight   (D)       with qk_norm only
+//                layers.{i}.attn.k_norm.weight   (D)       with qk_norm only
 //                layers.{i}.ln2.weight           (C)
 //                layers.{i}.ffn.w1.weight        (F, C)
 //                layers.{i}.ffn.w2.weight        (C, F)
@@ -43,6 +45,7 @@ struct ParamLayout {
   std::int64_t total = 0;   // floats in the arena
   bool gated = true;        // the layers have ffn.w3
   bool tied = false;        // no lm_head.weight: the head is token_embeddings.weight
+  bool qk_norm = false;     // the layers have attn.q_norm / attn.k_norm
   const ParamSpec& find(const std::string& name) const;   // SLM_CHECK that it exists
 };
 
@@ -55,6 +58,8 @@ struct LayerWeights {
   float* wk;     // (C, C)
   float* wv;     // (C, C)
   float* wo;     // (C, C)
+  float* q_norm; // (D); null without qk_norm
+  float* k_norm; // (D)
   float* ln2;    // (C)
   float* w1;     // (F, C)
   float* w2;     // (C, F)

@@ -22,6 +22,7 @@ const std::vector<TrainField>& train_fields() {
       {"model.tie_embeddings", "use the token embedding as the LM head (true/false)"},
       {"model.z_loss", "coefficient of the z-loss c·log²Z on the final softmax (0 = off)"},
       {"model.logit_softcap", "soft-cap the final logits at c·tanh(z/c) (0 = off)"},
+      {"model.qk_norm", "RMSNorm on each head's queries and keys (true/false)"},
       {"train_data", "token file to train on (uint16/uint32, from `scratchlm tokenize`)"},
       {"valid_data", "token file for validation loss (\"\" for none)"},
       {"batch_size", "sequences per micro-batch"},
