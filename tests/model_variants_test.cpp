@@ -12,6 +12,8 @@
 #include "tensor/device.h"
 #include "tensor/safetensors.h"
 #include "test_util.h"
+#include "train/train_config.h"
+#include "util/json_file.h"
 #include "util/error.h"
 
 namespace scratchlm {
@@ -229,6 +231,21 @@ TEST(ModelVariants, TrainsAndResumesFromTheCommandLine) {
   if (cuda_device_count() > 0)
     test::expect_clean_failure(with({"--steps", "2", "--out_dir", dir.file("gpu"), "--device", "cuda"}),
                                {"\"ffn\"", "mlp", "--device cpu"});
+}
+
+// The ablation set (configs/ablations/, run by scripts/ablate.sh): every config is a valid run
+// config, each a different model, and the baseline is the main job's model.
+TEST(ModelVariants, AblationConfigsAreValidAndDistinct) {
+  const std::filesystem::path dir = std::filesystem::path(SCRATCHLM_TEST_DATA) / ".." / ".." / "configs" / "ablations";
+  std::vector<ModelConfig> models;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    nlohmann::ordered_json j = train_defaults();
+    merge_train_json(j, read_json_file(e.path().string()), e.path().string());
+    const TrainConfig cfg = train_config_from_json(j);
+    for (const ModelConfig& other : models) EXPECT_FALSE(other == cfg.model) << e.path();
+    models.push_back(cfg.model);
+  }
+  EXPECT_GE(models.size(), 6u);
 }
 
 }  // namespace
