@@ -214,14 +214,14 @@ TEST(ModelVariants, TrainsAndResumesFromTheCommandLine) {
                                          "--model.d_model", "16", "--model.num_layers", "1", "--model.num_heads", "2",
                                          "--model.d_ff",    "64", "--model.rope_theta", "10000.0", "--model.ffn", "mlp",
                                          "--model.activation", "relu2", "--train_data", dir.file("train.bin"),
-                                         "--batch_size",    "4", "--threads", "1", "--device", "cpu",
+                                         "--batch_size",    "4", "--threads", "1",
                                          "--peak_flops",    "1e10", "--optimizer.warmup", "2"};
   auto with = [&](std::vector<std::string> extra) {
     std::vector<std::string> args = base;
     args.insert(args.end(), extra.begin(), extra.end());
     return test::run_cli(args);
   };
-  const auto first = with({"--steps", "6", "--optimizer.cycle", "12", "--out_dir", dir.file("run")});
+  const auto first = with({"--steps", "6", "--optimizer.cycle", "12", "--out_dir", dir.file("run"), "--device", "cpu"});
   ASSERT_EQ(first.exit_code, 0) << first.err;
   const SafetensorsFile weights(dir.file("run") + "/checkpoints/step_000006/model.safetensors");
   EXPECT_TRUE(weights.has("layers.0.ffn.w2.weight"));
