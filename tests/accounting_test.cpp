@@ -95,6 +95,8 @@ std::vector<ModelConfig> with_ffn_variants(std::vector<ModelConfig> shapes) {
     shapes.push_back(c);
     c.qk_norm = true;
     shapes.push_back(c);
+    c.parallel_block = true;
+    shapes.push_back(c);
   }
   return shapes;
 }

@@ -1,7 +1,7 @@
 // The architecture variants of the model (issue 6), on the CPU: each variant's whole-model gradient
 // against central finite differences of the loss, its parameter table, and the command line.
 // Variants so far: the feed-forward (SwiGLU, GeGLU, ReGLU, plain MLP with ReLU, GeLU, SiLU, ReLU²),
-// NoPE, tied embeddings, z-loss, final-logit soft-capping and QK-norm.
+// NoPE, tied embeddings, z-loss, final-logit soft-capping, QK-norm and parallel blocks.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -26,6 +26,7 @@ struct Variant {
   bool tie = false;
   double z_loss = 0, softcap = 0;
   bool qk_norm = false;
+  bool parallel = false;
 };
 
 const Variant kVariants[] = {
@@ -41,8 +42,9 @@ const Variant kVariants[] = {
     {.z_loss = 0.1},
     {.softcap = 2.0},   // logits of the tiny model reach ~±4: the cap bends them
     {.qk_norm = true},
+    {.parallel = true},
     {.ffn = FfnKind::geglu, .activation = Activation::gelu, .position = Position::none, .tie = true, .z_loss = 0.05,
-     .softcap = 3.0, .qk_norm = true},
+     .softcap = 3.0, .qk_norm = true, .parallel = true},
 };
 
 ModelConfig tiny(const Variant& v) {
@@ -54,6 +56,7 @@ ModelConfig tiny(const Variant& v) {
   c.z_loss = v.z_loss;
   c.logit_softcap = v.softcap;
   c.qk_norm = v.qk_norm;
+  c.parallel_block = v.parallel;
   return c;
 }
 
@@ -117,6 +120,8 @@ TEST(ModelVariants, PlainMlpHasNoGateWeights) {
   EXPECT_EQ(layout.total, param_layout(tiny({FfnKind::swiglu, Activation::silu})).total - 2 * 12 * 8);
   EXPECT_EQ(model_weights(layout, nullptr).layers[1].w3, nullptr);
   // Tied embeddings: no lm_head tensor; the head is the embedding.
+  // Parallel blocks: one norm per layer.
+  for (const ParamSpec& s : param_layout(tiny({.parallel = true})).specs) EXPECT_EQ(s.name.find("ln2"), std::string::npos);
   const ParamLayout tied = param_layout(tiny({.tie = true}));
   EXPECT_TRUE(tied.tied);
   for (const ParamSpec& s : tied.specs) EXPECT_NE(s.name, "lm_head.weight");
@@ -199,7 +204,11 @@ TEST(ModelVariants, ConfigNamesTheVariantAndRejectsMismatches) {
   j["qk_norm"] = "yes";
   fails_naming(j, "\"qk_norm\"");
   j["qk_norm"] = true;
+  j["block"] = "sideways";
+  fails_naming(j, "\"block\"");
+  j["block"] = "parallel";
   const ModelConfig all = model_config_from_json(j, "x");
+  EXPECT_TRUE(all.parallel_block);
   EXPECT_EQ(model_config_from_json(nlohmann::json(to_json(all)), "x"), all);
 }
 

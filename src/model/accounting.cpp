@@ -29,7 +29,7 @@ ParamCounts count_params(const ModelConfig& c) {
   ParamCounts p;
   p.embedding = mul(V, C);
   p.attention_per_layer = mul(4, mul(C, C));
-  p.norms_per_layer = add(mul(2, C), c.qk_norm ? 2 * c.d_head() : 0);   // ln1, ln2 (+ q_norm, k_norm)
+  p.norms_per_layer = add(mul(c.parallel_block ? 1 : 2, C), c.qk_norm ? 2 * c.d_head() : 0);   // ln1, ln2 (+ q_norm, k_norm)
   p.ffn_per_layer = mul(c.gated() ? 3 : 2, mul(C, F));
   p.final_norm = C;
   p.lm_head = c.tie_embeddings ? 0 : mul(V, C);   // tied: the embedding is the head
@@ -93,12 +93,14 @@ MemoryPlan memory_plan(const ModelConfig& c, const ParamCounts& p, std::int64_t 
   const std::int64_t hidden = c.gated() ? 3 : 2;
   std::int64_t layer_floats = add(add(add(mul(8, C), 2), H), mul(hidden, F));
   if (c.qk_norm) layer_floats = add(layer_floats, add(mul(2, C), mul(2, H)));   // q_raw, k_raw; rstd_q, rstd_k
+  if (c.parallel_block) layer_floats -= C + 1;   // no ln2, rstd2
   m.act_layers = mul(f32, mul(mul(N, layer_floats), L));
   // Per token: x_final, ln_final (2C); rstd_final, losses, ce_lse (3).
   m.act_final = mul(f32, mul(N, add(mul(2, C), 3)));
   m.act_logits = mul(f32, mul(N, V));
   // Backward scratch per token: dx, dbuf, dq, dk, dv (5C); dh, da, db (3F; 2F without a gate).
-  m.act_backward = mul(f32, mul(N, add(mul(c.qk_norm ? 6 : 5, C), mul(hidden, F))));   // (+ dqk_raw)
+  m.act_backward = mul(f32, mul(N, add(mul(5 + (c.qk_norm ? 1 : 0) + (c.parallel_block ? 1 : 0), C),
+                                        mul(hidden, F))));   // (+ dqk_raw, dln_ffn)
   m.activations = add(add(add(m.act_layers, m.act_final), m.act_logits), m.act_backward);
   m.total = add(add(add(m.parameters, m.gradients), m.adamw_state), m.activations);
   return m;
@@ -234,7 +236,8 @@ std::string accounting_table(const Accounting& a) {
       {"token embedding", "V·C", "-", commas(p.embedding), percent(p.embedding, P)},
       {"attention q, k, v, output", "4·C²·L", commas(p.attention_per_layer), commas(c.num_layers * p.attention_per_layer),
        percent(c.num_layers * p.attention_per_layer, P)},
-      {c.qk_norm ? "norms ln1, ln2, q_norm, k_norm" : "norms ln1, ln2", c.qk_norm ? "(2·C + 2·D)·L" : "2·C·L", commas(p.norms_per_layer), commas(c.num_layers * p.norms_per_layer),
+      {str("norms ln1", c.parallel_block ? "" : ", ln2", c.qk_norm ? ", q_norm, k_norm" : ""),
+       str(c.parallel_block ? "(C" : "(2·C", c.qk_norm ? " + 2·D" : "", ")·L"), commas(p.norms_per_layer), commas(c.num_layers * p.norms_per_layer),
        percent(c.num_layers * p.norms_per_layer, P)},
       {c.gated() ? str(ffn_name(c.ffn), " w1, w2, w3") : str("mlp (", activation_name(c.activation), ") w1, w2"),
        c.gated() ? "3·C·F·L" : "2·C·F·L", commas(p.ffn_per_layer), commas(c.num_layers * p.ffn_per_layer),

@@ -38,7 +38,7 @@ ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& w
   if (!j.is_object()) fail(where, ": the model config must be a JSON object");
   static const char* known[] = {"vocab_size", "context_length", "d_model", "num_layers", "num_heads",
                                 "d_ff",       "rope_theta",     "ffn",     "activation", "position",
-                                "tie_embeddings", "z_loss", "logit_softcap", "qk_norm"};
+                                "tie_embeddings", "z_loss", "logit_softcap", "qk_norm", "block"};
   for (const auto& [key, value] : j.items()) {
     bool ok = false;
     for (const char* k : known) ok = ok || key == k;
@@ -87,6 +87,12 @@ ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& w
     else if (pos == "none") c.position = Position::none;
     else fail(where, ": model field \"position\" must be \"rope\" or \"none\", got \"", pos, "\"");
   }
+  if (j.contains("block")) {
+    const std::string b = get_name("block");
+    if (b != "serial" && b != "parallel")
+      fail(where, ": model field \"block\" must be \"serial\" or \"parallel\", got \"", b, "\"");
+    c.parallel_block = b == "parallel";
+  }
   for (auto [key, value] : {std::pair{"tie_embeddings", &c.tie_embeddings}, std::pair{"qk_norm", &c.qk_norm}}) {
     if (!j.contains(key)) continue;
     if (!j[key].is_boolean()) fail(where, ": model field \"", key, "\" must be true or false");
@@ -114,6 +120,7 @@ nlohmann::ordered_json to_json(const ModelConfig& c) {
   if (c.z_loss != 0) j["z_loss"] = c.z_loss;
   if (c.logit_softcap != 0) j["logit_softcap"] = c.logit_softcap;
   if (c.qk_norm) j["qk_norm"] = true;
+  if (c.parallel_block) j["block"] = "parallel";
   return j;
 }
 

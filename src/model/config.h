@@ -12,7 +12,8 @@
 //             (PaLM's auxiliary loss; the logged and evaluated loss stays the cross-entropy);
 //   "logit_softcap": 0 (default, off) | c > 0: the final logits z become c · tanh(z / c) (Gemma 2);
 //   "qk_norm": false (default) | true: RMSNorm on each head's query and key (before RoPE), with
-//              gains of d_head shared by the heads (attn.q_norm.weight, attn.k_norm.weight).
+//              gains of d_head shared by the heads (attn.q_norm.weight, attn.k_norm.weight);
+//   "block": "serial" (default) | "parallel": x + attn(ln1(x)) + ffn(ln1(x)), one norm (no ln2).
 #pragma once
 
 #include <cstdint>
@@ -43,12 +44,13 @@ struct ModelConfig {
   double z_loss = 0.0;
   double logit_softcap = 0.0;
   bool qk_norm = false;
+  bool parallel_block = false;
 
   bool gated() const { return ffn != FfnKind::mlp; }
   // The CS336 model: what the GPU path implements so far.
   bool is_default_architecture() const {
     return ffn == FfnKind::swiglu && position == Position::rope && !tie_embeddings && z_loss == 0 &&
-           logit_softcap == 0 && !qk_norm;
+           logit_softcap == 0 && !qk_norm && !parallel_block;
   }
 
   std::int64_t d_head() const { return d_model / num_heads; }

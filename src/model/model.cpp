@@ -25,8 +25,12 @@ Activations::Activations(const ModelConfig& c, std::int64_t B_, std::int64_t T_,
   positions.resize(static_cast<std::size_t>(T));
   layers.resize(static_cast<std::size_t>(c.num_layers));
   for (LayerActs& l : layers) {
-    for (auto* buf : {&l.x_in, &l.ln1, &l.q, &l.k, &l.v, &l.attn, &l.x_mid, &l.ln2}) buf->resize(N * C);
-    for (auto* buf : {&l.rstd1, &l.rstd2}) buf->resize(N);
+    for (auto* buf : {&l.x_in, &l.ln1, &l.q, &l.k, &l.v, &l.attn, &l.x_mid}) buf->resize(N * C);
+    l.rstd1.resize(N);
+    if (!c.parallel_block) {   // a parallel block's feed-forward reads ln1
+      l.ln2.resize(N * C);
+      l.rstd2.resize(N);
+    }
     if (c.qk_norm) {
       for (auto* buf : {&l.q_raw, &l.k_raw}) buf->resize(N * C);
       for (auto* buf : {&l.rstd_q, &l.rstd_k}) buf->resize(N * H);
@@ -44,6 +48,7 @@ Activations::Activations(const ModelConfig& c, std::int64_t B_, std::int64_t T_,
   if (wb == WithBackward::yes) {
     for (auto* buf : {&dx, &dbuf, &dq, &dk, &dv}) buf->resize(N * C);
     if (c.qk_norm) dqk_raw.resize(N * C);
+    if (c.parallel_block) dln_ffn.resize(N * C);
     for (auto* buf : {&dh, &da}) buf->resize(N * F);
     if (c.gated()) db.resize(N * F);
   }
@@ -56,7 +61,7 @@ std::int64_t Activations::bytes() const {
                             &l.rstd2, &l.a, &l.b, &l.h, &l.q_raw, &l.k_raw, &l.rstd_q, &l.rstd_k})
       floats += buf->size();
   for (const auto* buf : {&x_final, &ln_final, &rstd_final, &logits, &losses, &ce_lse, &dx, &dbuf, &dq, &dk, &dv,
-                          &dh, &da, &db, &dqk_raw})
+                          &dh, &da, &db, &dqk_raw, &dln_ffn})
     floats += buf->size();
   return static_cast<std::int64_t>(4 * floats);
 }
@@ -110,13 +115,15 @@ void model_forward(Activations& acts, Model& model, const std::int32_t* ids, std
     add_into(a.x_mid.data(), a.x_in.data(), N * C);   // x_mid = x_in + attn
     // feed-forward sublayer, writing the next block's input
     std::vector<float>& x_out = l + 1 < acts.layers.size() ? acts.layers[l + 1].x_in : acts.x_final;
-    rmsnorm_forward(a.ln2.data(), a.rstd2.data(), a.x_mid.data(), lw.ln2, N, C);
-    linear_forward(a.a.data(), a.ln2.data(), lw.w1, N, C, F);
+    // serial: ffn(ln2(x_mid)); parallel: ffn(ln1(x_in)), so x_out = x_in + attn + ffn
+    const float* ffn_in = c.parallel_block ? a.ln1.data() : a.ln2.data();
+    if (!c.parallel_block) rmsnorm_forward(a.ln2.data(), a.rstd2.data(), a.x_mid.data(), lw.ln2, N, C);
+    linear_forward(a.a.data(), ffn_in, lw.w1, N, C, F);
     if (c.ffn == FfnKind::swiglu) {
-      linear_forward(a.b.data(), a.ln2.data(), lw.w3, N, C, F);
+      linear_forward(a.b.data(), ffn_in, lw.w3, N, C, F);
       swiglu_forward(a.h.data(), a.a.data(), a.b.data(), N * F);
     } else if (c.gated()) {   // GeGLU, ReGLU
-      linear_forward(a.b.data(), a.ln2.data(), lw.w3, N, C, F);
+      linear_forward(a.b.data(), ffn_in, lw.w3, N, C, F);
       gated_forward(a.h.data(), a.a.data(), a.b.data(), N * F, c.activation);
     } else {                  // plain MLP
       activation_forward(a.h.data(), a.a.data(), N * F, c.activation);
@@ -169,9 +176,14 @@ void model_backward(std::vector<float>& grads, Activations& acts, Model& model, 
       gated_backward(acts.da.data(), acts.db.data(), acts.dh.data(), a.a.data(), a.b.data(), N * F, c.activation);
     else
       activation_backward(acts.da.data(), acts.dh.data(), a.a.data(), N * F, c.activation);
-    linear_backward(dbuf, lg.w1, acts.da.data(), a.ln2.data(), lw.w1, N, C, F, Accumulate::no);
-    if (c.gated()) linear_backward(dbuf, lg.w3, acts.db.data(), a.ln2.data(), lw.w3, N, C, F, Accumulate::yes);
-    rmsnorm_backward(dx, lg.ln2, dbuf, a.x_mid.data(), lw.ln2, a.rstd2.data(), N, C, Accumulate::yes);
+    // The gradient of the feed-forward's input: ln2 (serial, through its norm into dx now) or ln1
+    // (parallel: kept in dln_ffn until the attention sublayer's share of ln1's gradient joins it).
+    const float* ffn_in = c.parallel_block ? a.ln1.data() : a.ln2.data();
+    float* dffn_in = c.parallel_block ? acts.dln_ffn.data() : dbuf;
+    linear_backward(dffn_in, lg.w1, acts.da.data(), ffn_in, lw.w1, N, C, F, Accumulate::no);
+    if (c.gated()) linear_backward(dffn_in, lg.w3, acts.db.data(), ffn_in, lw.w3, N, C, F, Accumulate::yes);
+    if (!c.parallel_block)
+      rmsnorm_backward(dx, lg.ln2, dbuf, a.x_mid.data(), lw.ln2, a.rstd2.data(), N, C, Accumulate::yes);
     // attention sublayer: x_mid = x_in + output_proj(attn); dx holds dL/dx_mid
     linear_backward(dbuf, lg.wo, dx, a.attn.data(), lw.wo, N, C, C, Accumulate::no);
     AttentionDims dims{.B = B, .H = H, .D = D, .Tq = T, .Tk = T, .kv_batch_stride = 0};
@@ -193,6 +205,7 @@ void model_backward(std::vector<float>& grads, Activations& acts, Model& model, 
       linear_backward(dbuf, lg.wk, acts.dk.data(), a.ln1.data(), lw.wk, N, C, C, Accumulate::yes);
     }
     linear_backward(dbuf, lg.wv, acts.dv.data(), a.ln1.data(), lw.wv, N, C, C, Accumulate::yes);
+    if (c.parallel_block) add_into(dbuf, acts.dln_ffn.data(), N * C);   // ln1 feeds both sublayers
     rmsnorm_backward(dx, lg.ln1, dbuf, a.x_in.data(), lw.ln1, a.rstd1.data(), N, C, Accumulate::yes);
   }
   embedding_backward(g.embedding, dx, ids, N, C);

@@ -44,7 +44,7 @@ struct LayerActs {
   std::vector<float> lse;      // (B, H, T) attention row log-sum-exp
   std::vector<float> attn;     // (N, C) attention output before output_proj
   std::vector<float> x_mid;    // (N, C) residual stream after the attention sublayer
-  std::vector<float> ln2;      // (N, C)
+  std::vector<float> ln2;      // (N, C); empty in parallel blocks (the feed-forward reads ln1)
   std::vector<float> rstd2;    // (N)
   std::vector<float> a, b, h;  // (N, F) w1 x, w3 x, silu(a) ⊙ b (b empty without a gate: h = act(a))
 };
@@ -64,6 +64,7 @@ struct Activations {
   std::vector<float> dbuf;      // (N, C) gradient of a sublayer's input or output
   std::vector<float> dq, dk, dv;// (N, C)
   std::vector<float> dqk_raw;   // (N, C) QK-norm backward's output (qk_norm only)
+  std::vector<float> dln_ffn;   // (N, C) parallel blocks: the feed-forward's share of ln1's gradient
   std::vector<float> dh, da, db;// (N, F)
 
   // With_backward::no allocates only what forward needs (evaluation, generation).

@@ -37,7 +37,7 @@ ParamLayout param_layout(const ModelConfig& c) {
       add(p + "attn.q_norm.weight", {c.d_head()}, ParamInit::ones);
       add(p + "attn.k_norm.weight", {c.d_head()}, ParamInit::ones);
     }
-    add(p + "ln2.weight", {C}, ParamInit::ones);
+    if (!c.parallel_block) add(p + "ln2.weight", {C}, ParamInit::ones);
     add(p + "ffn.w1.weight", {F, C}, ParamInit::linear);
     add(p + "ffn.w2.weight", {C, F}, ParamInit::linear);
     if (c.gated()) add(p + "ffn.w3.weight", {F, C}, ParamInit::linear);
@@ -47,6 +47,7 @@ ParamLayout param_layout(const ModelConfig& c) {
   if (!c.tie_embeddings) add("lm_head.weight", {V, C}, ParamInit::linear);
   layout.tied = c.tie_embeddings;
   layout.qk_norm = c.qk_norm;
+  layout.parallel = c.parallel_block;
   for (ParamSpec& s : layout.specs) {
     s.offset = layout.total;
     layout.total += s.numel();
@@ -60,7 +61,7 @@ ModelWeights model_weights(const ParamLayout& layout, float* arena) {
   auto next = [&]() { return arena + layout.specs[k++].offset; };
   ModelWeights w;
   w.embedding = next();
-  const std::size_t per_layer = 8 + (layout.gated ? 1 : 0) + (layout.qk_norm ? 2 : 0);
+  const std::size_t per_layer = 7 + (layout.parallel ? 0 : 1) + (layout.gated ? 1 : 0) + (layout.qk_norm ? 2 : 0);
   const std::size_t num_layers = (layout.specs.size() - (layout.tied ? 2 : 3)) / per_layer;
   for (std::size_t i = 0; i < num_layers; ++i) {
     LayerWeights l;
@@ -71,7 +72,7 @@ ModelWeights model_weights(const ParamLayout& layout, float* arena) {
     l.wo = next();
     l.q_norm = layout.qk_norm ? next() : nullptr;
     l.k_norm = layout.qk_norm ? next() : nullptr;
-    l.ln2 = next();
+    l.ln2 = layout.parallel ? nullptr : next();
     l.w1 = next();
     l.w2 = next();
     l.w3 = layout.gated ? next() : nullptr;

@@ -12,7 +12,7 @@
 //                layers.{i}.attn.output_proj.weight (C, C)
 //                layers.{i}.attn.q_norm.weight   (D)       with qk_norm only
 //                layers.{i}.attn.k_norm.weight   (D)       with qk_norm only
-//                layers.{i}.ln2.weight           (C)
+//                layers.{i}.ln2.weight           (C)       serial blocks only
 //                layers.{i}.ffn.w1.weight        (F, C)
 //                layers.{i}.ffn.w2.weight        (C, F)
 //                layers.{i}.ffn.w3.weight        (F, C)    gated feed-forwards only (not "mlp")
@@ -46,6 +46,7 @@ struct ParamLayout {
   bool gated = true;        // the layers have ffn.w3
   bool tied = false;        // no lm_head.weight: the head is token_embeddings.weight
   bool qk_norm = false;     // the layers have attn.q_norm / attn.k_norm
+  bool parallel = false;    // parallel blocks: no ln2
   const ParamSpec& find(const std::string& name) const;   // SLM_CHECK that it exists
 };
 
@@ -60,7 +61,7 @@ struct LayerWeights {
   float* wo;     // (C, C)
   float* q_norm; // (D); null without qk_norm
   float* k_norm; // (D)
-  float* ln2;    // (C)
+  float* ln2;    // (C); null in parallel blocks
   float* w1;     // (F, C)
   float* w2;     // (C, F)
   float* w3;     // (F, C); null without a gate (ffn "mlp")

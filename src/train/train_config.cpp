@@ -23,6 +23,7 @@ const std::vector<TrainField>& train_fields() {
       {"model.z_loss", "coefficient of the z-loss c·log²Z on the final softmax (0 = off)"},
       {"model.logit_softcap", "soft-cap the final logits at c·tanh(z/c) (0 = off)"},
       {"model.qk_norm", "RMSNorm on each head's queries and keys (true/false)"},
+      {"model.block", "block wiring: serial (default) or parallel (attention and feed-forward on one norm)"},
       {"train_data", "token file to train on (uint16/uint32, from `scratchlm tokenize`)"},
       {"valid_data", "token file for validation loss (\"\" for none)"},
       {"batch_size", "sequences per micro-batch"},
@@ -113,7 +114,7 @@ void merge_train_json(nlohmann::ordered_json& base, const nlohmann::json& overla
 
 nlohmann::json parse_flag_value(const std::string& field, const std::string& text) {
   const bool is_text = field == "train_data" || field == "valid_data" || field == "out_dir" || field == "device" ||
-                       field == "precision" || field == "model.ffn" || field == "model.activation" || field == "model.position";
+                       field == "precision" || field == "model.ffn" || field == "model.activation" || field == "model.position" || field == "model.block";
   if (is_text) return text;
   try {
     return nlohmann::json::parse(text);
