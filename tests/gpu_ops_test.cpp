@@ -12,9 +12,12 @@
 
 #if SCRATCHLM_CUDA
 
+#include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "ops/attention.h"
@@ -506,6 +509,366 @@ TEST(GpuAttention, TensorCoreKernelsAtRaggedShapesAndRepeatably) {
       EXPECT_EQ(got.out, again.out) << shape;
       EXPECT_EQ(got.dq, again.dq) << shape;
       EXPECT_EQ(got.dk, again.dk) << shape;
+    }
+  }
+}
+
+// ---- attention variants: grouped-query heads, sliding windows, soft-capping -----------------------
+// Checked against a double-precision reference written here as plain loops over the visible band
+// (independent of the CPU op). fp32 (CUDA cores): within 1e-5 of it, as every fp32 op. bf16: the
+// reference also runs once with the roundings the tensor-core kernels make — inputs bf16, P rounded
+// to bf16 before P V and Pᵀ dO, dS before dS K and dSᵀ Q, delta from the bf16 output, every output
+// rounded to bf16 — and the kernels' error against the exact result must be within twice that
+// emulation's own error (it is the error any kernel rounding at those places makes; where ours
+// differs — the running max, the order of fp32 sums, exp2 and tanh approximations of ~1e-7 — it
+// is far smaller). The CUDA cores in bf16 round only the outputs, so the same bound holds there.
+
+enum class Rounding { exact, like_the_mma_kernels };
+
+struct QkvResult {
+  std::vector<float> out, lse, dqkv;   // (N, H·D), (B, H, T), (N, H·D + 2·Hkv·D)
+};
+
+std::string variant_name(const GpuAttentionShape& s) {
+  return str("B ", s.B, " T ", s.T, " H ", s.H, " Hkv ", s.kv_heads(), " D ", s.D, " window ", s.window, " softcap ",
+             s.softcap);
+}
+
+QkvResult reference_attention(const std::vector<float>& qkv, const std::vector<float>& dout,
+                              const GpuAttentionShape& s, Rounding rounding) {
+  const std::int64_t B = s.B, T = s.T, H = s.H, Hkv = s.kv_heads(), D = s.D, row = s.qkv_row(), group = H / Hkv;
+  const std::int64_t W = s.window == 0 ? T : s.window;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D)), c = s.softcap;
+  const bool bf = rounding == Rounding::like_the_mma_kernels;
+  auto rnd = [&](double x) { return bf ? static_cast<double>(to_float(to_bf16(static_cast<float>(x)))) : x; };
+  QkvResult r;
+  r.out.assign(static_cast<std::size_t>(B * T * H * D), 0.0f);
+  r.lse.assign(static_cast<std::size_t>(B * H * T), 0.0f);
+  r.dqkv.assign(static_cast<std::size_t>(B * T * row), 0.0f);
+  std::vector<double> capped(static_cast<std::size_t>(T * T)), lse(static_cast<std::size_t>(T));
+  std::vector<double> dq(static_cast<std::size_t>(D)), o(static_cast<std::size_t>(D));
+  for (std::int64_t b = 0; b < B; ++b) {
+    std::vector<double> dk(static_cast<std::size_t>(T * Hkv * D), 0.0), dv(dk.size(), 0.0);   // (T, Hkv, D)
+    for (std::int64_t h = 0; h < H; ++h) {
+      const std::int64_t kv = h / group;
+      auto q = [&](std::int64_t i, std::int64_t d) { return static_cast<double>(qkv[(b * T + i) * row + h * D + d]); };
+      auto k = [&](std::int64_t j, std::int64_t d) {
+        return static_cast<double>(qkv[(b * T + j) * row + (H + kv) * D + d]);
+      };
+      auto v = [&](std::int64_t j, std::int64_t d) {
+        return static_cast<double>(qkv[(b * T + j) * row + (H + Hkv + kv) * D + d]);
+      };
+      auto dO = [&](std::int64_t i, std::int64_t d) { return static_cast<double>(dout[(b * T + i) * H * D + h * D + d]); };
+      float* out = r.out.data() + b * T * H * D + h * D;   // row i at out + i·H·D
+      for (std::int64_t i = 0; i < T; ++i) {
+        const std::int64_t j0 = std::max<std::int64_t>(0, i - W + 1);
+        double m = -INFINITY;
+        for (std::int64_t j = j0; j <= i; ++j) {
+          double z = 0.0;
+          for (std::int64_t d = 0; d < D; ++d) z += q(i, d) * k(j, d);
+          z *= scale;
+          if (c > 0) z = c * std::tanh(z / c);   // capped before the softmax
+          capped[i * T + j] = z;
+          m = std::max(m, z);
+        }
+        double l = 0.0;
+        std::fill(o.begin(), o.end(), 0.0);
+        for (std::int64_t j = j0; j <= i; ++j) {
+          const double p = std::exp(capped[i * T + j] - m);
+          l += p;
+          for (std::int64_t d = 0; d < D; ++d) o[d] += rnd(p) * v(j, d);
+        }
+        lse[i] = m + std::log(l);
+        r.lse[(b * H + h) * T + i] = static_cast<float>(lse[i]);
+        for (std::int64_t d = 0; d < D; ++d) out[i * H * D + d] = static_cast<float>(rnd(o[d] / l));
+      }
+      for (std::int64_t i = 0; i < T; ++i) {
+        double delta = 0.0;   // rowsum(dO ⊙ O), of O as stored
+        for (std::int64_t d = 0; d < D; ++d) delta += dO(i, d) * out[i * H * D + d];
+        std::fill(dq.begin(), dq.end(), 0.0);
+        for (std::int64_t j = std::max<std::int64_t>(0, i - W + 1); j <= i; ++j) {
+          const double p = std::exp(capped[i * T + j] - lse[i]);
+          double dp = 0.0;
+          for (std::int64_t d = 0; d < D; ++d) dp += dO(i, d) * v(j, d);
+          const double t = c > 0 ? capped[i * T + j] / c : 0.0;
+          const double ds = rnd(p * (dp - delta) * (1.0 - t * t));   // through the cap: 1 − tanh²
+          for (std::int64_t d = 0; d < D; ++d) {
+            dq[d] += ds * k(j, d);
+            dk[(j * Hkv + kv) * D + d] += ds * q(i, d);
+            dv[(j * Hkv + kv) * D + d] += rnd(p) * dO(i, d);
+          }
+        }
+        for (std::int64_t d = 0; d < D; ++d) r.dqkv[(b * T + i) * row + h * D + d] = static_cast<float>(rnd(dq[d] * scale));
+      }
+    }
+    for (std::int64_t j = 0; j < T; ++j)
+      for (std::int64_t kv = 0; kv < Hkv; ++kv)
+        for (std::int64_t d = 0; d < D; ++d) {
+          r.dqkv[(b * T + j) * row + (H + kv) * D + d] = static_cast<float>(rnd(dk[(j * Hkv + kv) * D + d] * scale));
+          r.dqkv[(b * T + j) * row + (H + Hkv + kv) * D + d] = static_cast<float>(rnd(dv[(j * Hkv + kv) * D + d]));
+        }
+  }
+  return r;
+}
+
+// Random inputs as stored in T: qkv (N, H·D + 2·Hkv·D) with q and k of scale 2 (scores of spread ~2,
+// so that a cap of 2.5 bends many of them), v and dout of scale 1.
+template <typename T>
+std::pair<std::vector<float>, std::vector<float>> variant_inputs(const GpuAttentionShape& s, std::uint32_t seed) {
+  const std::int64_t N = s.B * s.T, row = s.qkv_row();
+  std::vector<float> qkv = randn(static_cast<std::size_t>(N * row), seed);
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t c = 0; c < (s.H + s.kv_heads()) * s.D; ++c) qkv[n * row + c] *= 2.0f;
+  return {as_stored<T>(qkv), as_stored<T>(randn(static_cast<std::size_t>(N * s.H * s.D), seed + 1))};
+}
+
+// The GPU op on qkv and dout (as floats, uploaded in T), outputs poisoned with NaN beforehand.
+template <typename T>
+QkvResult run_variant(AttentionKernel kernel, const std::vector<float>& qkv, const std::vector<float>& dout,
+                      const GpuAttentionShape& s) {
+  const std::int64_t N = s.B * s.T, C = s.H * s.D, BHT = s.B * s.H * s.T;
+  GpuBuffer d_qkv = upload<T>(qkv), d_dout = upload<T>(dout);
+  GpuBuffer d_out = upload<T>(std::vector<float>(N * C, NAN)), d_lse = upload<float>(std::vector<float>(BHT, NAN));
+  GpuBuffer d_dqkv = upload<T>(std::vector<float>(qkv.size(), NAN)), d_delta = upload<float>(std::vector<float>(BHT, NAN));
+  if (kernel == AttentionKernel::tensor_cores) {
+    if constexpr (std::is_same_v<T, Bf16>) {
+      attention_forward_mma(d_out.as<Bf16>(), d_lse.as<float>(), d_qkv.as<Bf16>(), s, nullptr);
+      attention_backward_mma(d_dqkv.as<Bf16>(), d_delta.as<float>(), d_dout.as<Bf16>(), d_qkv.as<Bf16>(),
+                             d_out.as<Bf16>(), d_lse.as<float>(), s, nullptr);
+    } else {
+      ADD_FAILURE() << "the tensor-core kernels are bf16 only";
+    }
+  } else {
+    attention_forward_cuda(d_out.as<T>(), d_lse.as<float>(), d_qkv.as<T>(), s, nullptr);
+    attention_backward_cuda(d_dqkv.as<T>(), d_delta.as<float>(), d_dout.as<T>(), d_qkv.as<T>(), d_out.as<T>(),
+                            d_lse.as<float>(), s, nullptr);
+  }
+  return {download<T>(d_out, N * C), download<float>(d_lse, BHT), download<T>(d_dqkv, qkv.size())};
+}
+
+// The q, k or v columns of a (N, H·D + 2·Hkv·D) buffer.
+enum class QkvPart { q, k, v };
+std::vector<float> part_of(const std::vector<float>& qkv, const GpuAttentionShape& s, QkvPart part) {
+  const std::int64_t row = s.qkv_row(), N = static_cast<std::int64_t>(qkv.size()) / row;
+  const std::int64_t first = part == QkvPart::q ? 0 : part == QkvPart::k ? s.H * s.D : (s.H + s.kv_heads()) * s.D;
+  const std::int64_t width = part == QkvPart::q ? s.H * s.D : s.kv_heads() * s.D;
+  std::vector<float> r(static_cast<std::size_t>(N * width));
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t c = 0; c < width; ++c) r[n * width + c] = qkv[n * row + first + c];
+  return r;
+}
+
+struct VariantErrors {
+  double out, lse, dq, dk, dv;
+};
+VariantErrors variant_errors(const QkvResult& got, const QkvResult& ref, const GpuAttentionShape& s) {
+  return {rel(got.out, ref.out), rel(got.lse, ref.lse),
+          rel(part_of(got.dqkv, s, QkvPart::q), part_of(ref.dqkv, s, QkvPart::q)),
+          rel(part_of(got.dqkv, s, QkvPart::k), part_of(ref.dqkv, s, QkvPart::k)),
+          rel(part_of(got.dqkv, s, QkvPart::v), part_of(ref.dqkv, s, QkvPart::v))};
+}
+
+// The cases: every GQA ratio of 16 heads (1, 2, 4, 16), windows of 1, under a tile (17), not a
+// multiple of a tile (100), one tile (64), T and more, soft-capping on and off, ragged T.
+std::vector<GpuAttentionShape> variant_cases(std::int64_t D) {
+  return {
+      {.B = 2, .T = 130, .H = 4, .D = D},                                         // the default
+      {.B = 1, .T = 200, .H = 16, .D = D, .Hkv = 8, .window = 1},                 // ratio 2, W = 1
+      {.B = 2, .T = 77, .H = 8, .D = D, .Hkv = 2, .window = 17, .softcap = 2.5f},  // ratio 4, W < tile
+      {.B = 1, .T = 257, .H = 16, .D = D, .Hkv = 1, .window = 100},               // multi-query, W ragged
+      {.B = 1, .T = 65, .H = 2, .D = D, .window = 65, .softcap = 2.5f},           // W = T
+      {.B = 1, .T = 40, .H = 2, .D = D, .Hkv = 1, .window = 1000},                // W > T
+      {.B = 1, .T = 300, .H = 3, .D = D, .window = 64, .softcap = 2.5f},          // W one tile, capped
+      {.B = 2, .T = 190, .H = 16, .D = D, .Hkv = 4, .softcap = 2.5f},             // ratio 4, capped, full
+      {.B = 3, .T = 1, .H = 2, .D = D, .Hkv = 1, .window = 5, .softcap = 2.5f},   // T = 1
+  };
+}
+
+// bf16 outputs against the exact reference, within twice the emulated kernels' error; an output
+// that is exactly zero (dq and dk when every query sees only itself: W = 1 or T = 1) gets an
+// absolute floor on its RMS instead, for the fp32 cancellation of dP − delta.
+void expect_bf16_variant(const QkvResult& got, const QkvResult& exact, const QkvResult& emulated,
+                         const GpuAttentionShape& s, const std::string& where) {
+  const VariantErrors e = variant_errors(got, exact, s), b = variant_errors(emulated, exact, s);
+  std::printf("  %s: out %.2e (emulated %.2e)  dq %.2e (%.2e)  dk %.2e (%.2e)  dv %.2e (%.2e)  lse %.1e\n",
+              where.c_str(), e.out, b.out, e.dq, b.dq, e.dk, b.dk, e.dv, b.dv, e.lse);
+  const bool zero_dqdk = s.T == 1 || s.window == 1;
+  const double floor = zero_dqdk ? 1e-4 : 1e-6;
+  EXPECT_LT(e.out, 2 * b.out + 1e-6) << where;
+  EXPECT_LT(e.dq, 2 * b.dq + floor) << where;
+  EXPECT_LT(e.dk, 2 * b.dk + floor) << where;
+  EXPECT_LT(e.dv, 2 * b.dv + 1e-6) << where;
+  // lse is an fp32 statistic of exact products of bf16 inputs: fp32 sums of ≤ T terms.
+  EXPECT_LT(e.lse, 1e-5) << where;
+}
+
+TEST(GpuAttentionVariants, ShapeErrorsNameTheField) {
+  // Runs without a GPU: the checks come before any CUDA call.
+  const auto message = [](const GpuAttentionShape& s) {
+    try {
+      check_attention_shape(s, "op");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(message({.B = 1, .T = 8, .H = 4, .D = 32, .Hkv = 2, .window = 3, .softcap = 1.0f}), "");
+  EXPECT_NE(message({.B = 1, .T = 8, .H = 4, .D = 32, .Hkv = 3}).find("Hkv = 3"), std::string::npos);
+  EXPECT_NE(message({.B = 1, .T = 8, .H = 4, .D = 32, .Hkv = -1}).find("Hkv"), std::string::npos);
+  EXPECT_NE(message({.B = 1, .T = 8, .H = 4, .D = 32, .window = -2}).find("window = -2"), std::string::npos);
+  EXPECT_NE(message({.B = 1, .T = 8, .H = 4, .D = 32, .softcap = -1.0f}).find("softcap"), std::string::npos);
+  EXPECT_NE(message({.B = 1, .T = 8, .H = 4, .D = 32, .softcap = NAN}).find("softcap"), std::string::npos);
+  EXPECT_NE(message({.B = 0, .T = 8, .H = 4, .D = 32}).find("shape"), std::string::npos);
+  // The band's pairs: T(T+1)/2 for full attention, W(W+1)/2 + (T − W)·W with a window.
+  EXPECT_EQ(attention_visible_pairs({.B = 2, .T = 10, .H = 3, .D = 8}), 6 * 55.0);
+  EXPECT_EQ(attention_visible_pairs({.B = 1, .T = 10, .H = 1, .D = 8, .window = 3}), 6.0 + 7 * 3);
+  EXPECT_EQ(attention_visible_pairs({.B = 1, .T = 10, .H = 1, .D = 8, .window = 10}), 55.0);
+}
+
+// The reference itself, on the CPU (no GPU needed): the CPU op's result in the default case, and
+// its backward against central finite differences of its forward with every variant on.
+TEST(GpuAttentionVariants, TheReferenceMatchesTheCpuOpAndItsFiniteDifferences) {
+  {
+    const GpuAttentionShape s{.B = 2, .T = 19, .H = 3, .D = 8};
+    const auto [qkv, dout] = variant_inputs<float>(s, 90);
+    const QkvResult r = reference_attention(qkv, dout, s, Rounding::exact);
+    const AttentionResult cpu = cpu_attention(part_of(qkv, s, QkvPart::q), part_of(qkv, s, QkvPart::k),
+                                              part_of(qkv, s, QkvPart::v), dout, s.B, s.T, s.H, s.D);
+    EXPECT_LT(rel(r.out, cpu.out), 1e-6);
+    EXPECT_LT(rel(r.lse, cpu.lse), 1e-6);
+    EXPECT_LT(rel(part_of(r.dqkv, s, QkvPart::q), cpu.dq), 1e-5);
+    EXPECT_LT(rel(part_of(r.dqkv, s, QkvPart::k), cpu.dk), 1e-5);
+    EXPECT_LT(rel(part_of(r.dqkv, s, QkvPart::v), cpu.dv), 1e-5);
+  }
+  // loss = Σ out ⊙ dout; its gradient is dqkv. Steps of 1e-2 on inputs of scale 1-2: the central
+  // difference's truncation error is ~h² = 1e-4 of the curvature, and the float outputs add
+  // ~1e-7·|loss| / h ≈ 1e-5; a missing term (the cap's slope, a group's head, a window edge) is O(1).
+  const GpuAttentionShape s{.B = 1, .T = 9, .H = 4, .D = 4, .Hkv = 2, .window = 3, .softcap = 1.5f};
+  auto [qkv, dout] = variant_inputs<float>(s, 91);
+  const QkvResult r = reference_attention(qkv, dout, s, Rounding::exact);
+  auto loss = [&](const std::vector<float>& x) {
+    const QkvResult y = reference_attention(x, dout, s, Rounding::exact);
+    double l = 0.0;
+    for (std::size_t i = 0; i < y.out.size(); ++i) l += static_cast<double>(y.out[i]) * dout[i];
+    return l;
+  };
+  double worst = 0.0;
+  for (std::size_t i = 0; i < qkv.size(); ++i) {
+    std::vector<float> plus = qkv, minus = qkv;
+    plus[i] += 1e-2f;
+    minus[i] -= 1e-2f;
+    const double fd = (loss(plus) - loss(minus)) / (static_cast<double>(plus[i]) - minus[i]);
+    worst = std::max(worst, std::abs(fd - r.dqkv[i]) / (1.0 + std::abs(fd)));
+  }
+  EXPECT_LT(worst, 2e-3);
+}
+
+TEST(GpuAttentionVariants, Fp32OnCudaCoresMatchesTheDoubleReference) {
+  SLM_REQUIRE_GPU();
+  for (std::int64_t D : {12, 40, 64}) {
+    for (GpuAttentionShape s : variant_cases(D)) {
+      s.T = std::min<std::int64_t>(s.T, 90);   // CUDA cores: smaller T keeps the test quick
+      const auto [qkv, dout] = variant_inputs<float>(s, 50);
+      const QkvResult got = run_variant<float>(AttentionKernel::cuda_cores, qkv, dout, s);
+      const VariantErrors e = variant_errors(got, reference_attention(qkv, dout, s, Rounding::exact), s);
+      const std::string where = variant_name(s);
+      EXPECT_LT(e.out, 1e-5) << where;
+      EXPECT_LT(e.lse, 1e-6) << where;
+      EXPECT_LT(e.dq, 1e-5) << where;
+      EXPECT_LT(e.dk, 1e-5) << where;
+      EXPECT_LT(e.dv, 1e-5) << where;
+    }
+  }
+}
+
+TEST(GpuAttentionVariants, Bf16OnTensorCoresWithinTwiceTheEmulatedRoundingAndRepeatably) {
+  SLM_REQUIRE_GPU();
+  for (std::int64_t D : {32, 64, 128}) {
+    ASSERT_TRUE(attention_mma_supported(D));
+    for (const GpuAttentionShape& s : variant_cases(D)) {
+      const auto [qkv, dout] = variant_inputs<Bf16>(s, 60);
+      const QkvResult got = run_variant<Bf16>(AttentionKernel::tensor_cores, qkv, dout, s);
+      const std::string where = variant_name(s) + ", tensor cores";
+      expect_bf16_variant(got, reference_attention(qkv, dout, s, Rounding::exact),
+                          reference_attention(qkv, dout, s, Rounding::like_the_mma_kernels), s, where);
+      // Bit for bit again (no atomics; dK/dV's group sum in head order).
+      const QkvResult again = run_variant<Bf16>(AttentionKernel::tensor_cores, qkv, dout, s);
+      EXPECT_EQ(got.out, again.out) << where;
+      EXPECT_EQ(got.lse, again.lse) << where;
+      EXPECT_EQ(got.dqkv, again.dqkv) << where;
+    }
+  }
+}
+
+TEST(GpuAttentionVariants, Bf16OnCudaCoresAtOddHeadDims) {
+  SLM_REQUIRE_GPU();
+  for (std::int64_t D : {48, 20}) {
+    for (GpuAttentionShape s : variant_cases(D)) {
+      s.T = std::min<std::int64_t>(s.T, 90);
+      const auto [qkv, dout] = variant_inputs<Bf16>(s, 70);
+      const QkvResult got = run_variant<Bf16>(AttentionKernel::cuda_cores, qkv, dout, s);
+      expect_bf16_variant(got, reference_attention(qkv, dout, s, Rounding::exact),
+                          reference_attention(qkv, dout, s, Rounding::like_the_mma_kernels), s,
+                          variant_name(s) + ", cuda cores");
+      const QkvResult again = run_variant<Bf16>(AttentionKernel::cuda_cores, qkv, dout, s);
+      EXPECT_EQ(got.dqkv, again.dqkv) << variant_name(s);
+    }
+  }
+}
+
+// Properties that need no reference: grouped-query attention is multi-head attention over kv heads
+// repeated for their groups (out, lse and dq the same bit for bit, dk and dv the sums over each
+// group); a window of 1 gives out = v of the query's own token exactly (P = 1) and a window of T
+// or more is full attention bit for bit.
+TEST(GpuAttentionVariants, GroupsAreRepeatedHeadsAndWindowsOfOneAndOfTAreExact) {
+  SLM_REQUIRE_GPU();
+  for (AttentionKernel kernel : {AttentionKernel::tensor_cores, AttentionKernel::cuda_cores}) {
+    const char* kname = kernel == AttentionKernel::tensor_cores ? "tensor cores" : "cuda cores";
+    for (const float softcap : {0.0f, 2.5f}) {
+      const GpuAttentionShape gqa{.B = 2, .T = 150, .H = 8, .D = 64, .Hkv = 2, .window = 40, .softcap = softcap};
+      GpuAttentionShape mha = gqa;
+      mha.Hkv = 0;
+      const std::int64_t N = gqa.B * gqa.T, D = gqa.D, H = gqa.H, Hkv = gqa.Hkv, group = H / Hkv;
+      const auto [qkv, dout] = variant_inputs<Bf16>(gqa, 80);
+      std::vector<float> qkv_mha(static_cast<std::size_t>(N * mha.qkv_row()));
+      for (std::int64_t n = 0; n < N; ++n)
+        for (std::int64_t h = 0; h < H; ++h)
+          for (std::int64_t d = 0; d < D; ++d) {
+            qkv_mha[n * mha.qkv_row() + h * D + d] = qkv[n * gqa.qkv_row() + h * D + d];
+            qkv_mha[n * mha.qkv_row() + (H + h) * D + d] = qkv[n * gqa.qkv_row() + (H + h / group) * D + d];
+            qkv_mha[n * mha.qkv_row() + (2 * H + h) * D + d] = qkv[n * gqa.qkv_row() + (H + Hkv + h / group) * D + d];
+          }
+      const std::string where = str(kname, " softcap ", softcap);
+      const QkvResult g = run_variant<Bf16>(kernel, qkv, dout, gqa), m = run_variant<Bf16>(kernel, qkv_mha, dout, mha);
+      EXPECT_EQ(g.out, m.out) << where;
+      EXPECT_EQ(g.lse, m.lse) << where;
+      EXPECT_EQ(part_of(g.dqkv, gqa, QkvPart::q), part_of(m.dqkv, mha, QkvPart::q)) << where;
+      // dk, dv: the group sums of the repeated heads' (each rounded to bf16 before this sum, so
+      // within a few bf16 roundings of the sum: 4 · 2^-9 relative).
+      for (QkvPart part : {QkvPart::k, QkvPart::v}) {
+        const auto got = part_of(g.dqkv, gqa, part), rep = part_of(m.dqkv, mha, part);
+        std::vector<float> sum(got.size(), 0.0f);
+        for (std::int64_t n = 0; n < N; ++n)
+          for (std::int64_t h = 0; h < H; ++h)
+            for (std::int64_t d = 0; d < D; ++d) sum[(n * Hkv + h / group) * D + d] += rep[(n * H + h) * D + d];
+        EXPECT_LT(rel(got, sum), 4.0 / 512) << where << (part == QkvPart::k ? " dk" : " dv");
+      }
+
+      GpuAttentionShape one = gqa;
+      one.window = 1;
+      std::vector<float> own_v(static_cast<std::size_t>(N * H * D));   // (N, H, D): v of each head's kv head
+      for (std::int64_t n = 0; n < N; ++n)
+        for (std::int64_t h = 0; h < H; ++h)
+          for (std::int64_t d = 0; d < D; ++d)
+            own_v[(n * H + h) * D + d] = qkv[n * gqa.qkv_row() + (H + Hkv + h / group) * D + d];
+      EXPECT_EQ(run_variant<Bf16>(kernel, qkv, dout, one).out, own_v) << where;
+
+      GpuAttentionShape full = gqa, wide = gqa;
+      full.window = 0;
+      wide.window = gqa.T;
+      const QkvResult f = run_variant<Bf16>(kernel, qkv, dout, full), w = run_variant<Bf16>(kernel, qkv, dout, wide);
+      EXPECT_EQ(f.out, w.out) << where;
+      EXPECT_EQ(f.dqkv, w.dqkv) << where;
     }
   }
 }

@@ -1,13 +1,27 @@
-// Causal attention on the GPU, for training (Tq == Tk == T), the CPU's ops/attention.h semantics:
-//   S = Q Kᵀ / sqrt(D), keys after the query masked, P = softmax(S), out = P V; lse = row log-sum-exp
-//   of S (natural log, fp32) saved for backward, which recomputes P.
-// Layouts (N = B·T tokens, C = H·D):
-//   qkv  (B, T, 3, H, D): the fused projection's output; q of head h at column h·D, k at C + h·D,
-//        v at 2C + h·D of a row of 3C.
-//   out, dout (B, T, H, D);  lse, delta (B, H, T) fp32;  dqkv like qkv, overwritten.
+// Causal attention on the GPU, for training (Tq == Tk == T), the CPU's ops/attention.h semantics
+// plus the attention-side architecture variants of issue 6:
+//   s = q·k / sqrt(D)                          the scaled score of query i and key j
+//   s ← c · tanh(s / c)                        logit soft-capping, when softcap c > 0 (Gemma 2)
+//   keys j > i masked (causal), and with a sliding window W > 0 also keys j ≤ i − W:
+//                                              query i sees keys i − W < j ≤ i
+//   P = softmax(s), out = P V; lse = row log-sum-exp of the (capped) scores, natural log, fp32,
+//   saved for backward, which recomputes P. Backward multiplies dS by 1 − tanh²(s / c) when capped.
+// Grouped-query attention: H query heads share Hkv key/value heads (H % Hkv == 0; Hkv = 1 is
+// multi-query, Hkv = H the default multi-head attention); query head h reads kv head h / (H / Hkv).
+// Layouts (N = B·T tokens, D = head dim, which need not be d_model / H):
+//   qkv  (B, T, H·D + 2·Hkv·D): the fused projection's output, one row per token; q of head h at
+//        column h·D, k of kv head j at H·D + j·D, v of kv head j at H·D + Hkv·D + j·D. With
+//        Hkv = H this is (B, T, 3, H, D).
+//   out, dout (B, T, H, D);  lse, delta (B, H, T) fp32;  dqkv like qkv, every element overwritten:
+//   dk and dv of a kv head are the sums over the query heads of its group, in head order (no
+//   atomics: results repeat bit for bit).
+// Tiles of the score matrix wholly outside the visible band are never loaded or computed (forward,
+// dQ and dK/dV alike), so the cost of a window scales with W, not T; only tiles that cross an edge
+// of the band are masked element by element.
 // Two implementations behind one entry point each:
-//   attention_*_cuda<T>      plain CUDA cores, any D, T = float or Bf16 (the fp32 path and a check);
+//   attention_*_cuda<T>      plain CUDA cores, any D ≤ 256, T = float or Bf16 (the fp32 path and a check);
 //   attention_*_mma          bf16 tensor cores (mma.sync), D in {32, 64, 128}.
+// Left out: non-causal attention, Tq != Tk (generation has its own path).
 #pragma once
 
 #include <cstdint>
@@ -20,7 +34,27 @@ namespace scratchlm {
 
 struct GpuAttentionShape {
   std::int64_t B = 0, T = 0, H = 0, D = 0;
+  std::int64_t Hkv = 0;      // key/value heads; 0 means H (multi-head)
+  std::int64_t window = 0;   // sliding window W: 0 = full causal; W ≥ T is the same as full
+  float softcap = 0.0f;      // attention logit soft-capping c: 0 = off
+
+  std::int64_t kv_heads() const { return Hkv == 0 ? H : Hkv; }
+  std::int64_t qkv_row() const { return (H + 2 * kv_heads()) * D; }   // elements per token of qkv
 };
+
+// Fails (scratchlm::Error, naming the field) unless B, T, H, D > 0, H % Hkv == 0, window ≥ 0 and
+// softcap is finite and ≥ 0. Every entry point below calls it; `op` names the caller.
+void check_attention_shape(const GpuAttentionShape& s, const char* op);
+
+// The (query, key) pairs inside the visible band, over all sequences and query heads: each of the
+// forward's two products (Q Kᵀ, P V) costs 2·D FLOPs per pair, the backward's four 2·D each
+// (benchmarks count FLOPs with it; masked work on edge tiles is not counted).
+inline double attention_visible_pairs(const GpuAttentionShape& s) {
+  const double T = static_cast<double>(s.T);
+  const double W = s.window == 0 || s.window >= s.T ? T : static_cast<double>(s.window);
+  // query i sees min(i + 1, W) keys: W(W + 1)/2 for the first W queries, W for the other T − W
+  return static_cast<double>(s.B * s.H) * (W * (W + 1) / 2 + (T - W) * W);
+}
 
 template <typename T>
 void attention_forward_cuda(T* out, float* lse, const T* qkv, const GpuAttentionShape& s, CUstream_st* stream);

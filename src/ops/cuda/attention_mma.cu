@@ -11,7 +11,9 @@
 //     O = O·exp(scale·(m − m')) + P V   (P rounded to bf16 for the mma, as flash attention does)
 //   and at the end O / l and lse = scale·m + log l. The exponentials are exp2 with log2(e) folded
 //   into the scale. Causality: key tiles after the block's last query are never loaded; only tiles
-//   that cross the diagonal are masked.
+//   that cross the diagonal are masked. A sliding window W likewise: key tiles wholly before the
+//   first key the block's first query sees are never loaded, and only tiles crossing the band's
+//   far edge (query − key ≥ W somewhere in the warp's rows) get that second mask.
 // Backward, two kernels, no atomics (results are bit-identical run to run):
 //   attention_backward_dq_mma_kernel     per 64·kMT queries: first delta = rowsum(dO ⊙ O) of its rows
 //                                        (fp32, also written to the delta scratch for the next
@@ -20,8 +22,22 @@
 //                                        dQ = scale · dS K;
 //   attention_backward_dkdv_mma_kernel   per 64·kMT keys (16·kMT per warp), loops over query tiles at or
 //                                        after them, computing the transposed products
-//                                        Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, dV = Pᵀ dO, dK = scale · dSᵀ Q.
-//   Each output element is owned by one warp and summed in a fixed order.
+//                                        Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, dV = Pᵀ dO, dK = scale · dSᵀ Q;
+//                                        with GQA one block per kv head runs this loop for each
+//                                        query head of its group in turn.
+//   Each output element is owned by one warp and summed in a fixed order. Both visit only the tiles
+//   of the band, as the forward does.
+// The variants are template flags (kSoftcap, kWindow, and for the forward and dQ kernels kGrouped),
+// so the default instantiation has none of their work; the tile tables are the default's for all.
+//   soft-capping: S ← (c/scale)·tanh(S·scale/c) right after Q Kᵀ (softcap_raw), before the masks;
+//                 backward multiplies dS by 1 − tanh², recovered from the capped score itself
+//                 (softcap_slope), so no second array of registers is kept.
+//   window:       the tile ranges and one more uniform test per tile; the element test only on
+//                 edge tiles.
+//   grouped:      the kv head's columns (h / (H / Hkv)); dK/dV's grid is B·Hkv and its loop runs
+//                 over group × query tiles.
+// Registers (ptxas -v, sm_90, nvcc 13): the default kernels spill at most 8 bytes, the variant
+// instantiations at most 28.
 //
 // mma.sync.m16n8k16 fragments (lane = 4·g + t; two bf16 per 32-bit register, lower column first):
 //   A 16×16 row-major: a0 (row g, cols 2t, 2t+1), a1 (row g+8, same cols), a2 (row g, cols 2t+8, +9),
@@ -36,7 +52,7 @@
 // Shared-memory rows are padded from D to D + 8 bf16 (16 bytes), so the 8 row addresses of an
 // ldmatrix fall in 8 different bank groups. Rows at or past T are zero-filled on load (cp.async
 // with a source size of 0) and never written back. Requires D in {32, 64, 128} and 16-byte aligned
-// tensors. Left out: non-causal attention, Tq != Tk, GQA.
+// tensors. Left out: non-causal attention, Tq != Tk.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -44,6 +60,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "ops/cuda/attention_cuda.h"
 #include "tensor/cuda/cuda_check.cuh"
@@ -70,14 +87,14 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 // Tile shapes per head dimension, measured on an H200 (bench/attention). kMT: m-tiles of 16 rows
 // per warp (a block is 4 warps, so 64·kMT queries or keys); two m-tiles let every K, V, Q or dO
 // fragment read from shared memory feed two mmas, which pays where registers allow it (255 per
-// thread at 2 blocks per SM; the D = 64 backward kernels spill 4 and 44 bytes, still the fastest of
+// thread at 2 blocks per SM; the D = 64 backward kernels spill 8 and 4 bytes, still the fastest of
 // the shapes tried: see -Xptxas -v). kBlockN / kBlockM: the loop tile;
 // kChunk: the n-blocks of dP live at once; k*InRegs: fragments kept in registers rather than
 // re-read from shared memory. kMinBlocks: the __launch_bounds__ occupancy hint (2 = up to 255
 // registers). D = 32 (short T, many small blocks: latency-bound) is fastest with tighter register
 // caps and more resident blocks: measured at B=128, H=16, T=256 on an H200, forward 0.094 -> 0.083 ms,
 // backward 0.290 -> 0.219 ms together with the delta fusion (dK/dV re-reads K, V from shared memory
-// at 128 registers, 4 bytes of spill; dQ at 168 registers, 8 bytes).
+// at 128 registers, no spill; dQ at 168 registers, no spill).
 template <int D>
 struct MmaTiles;
 template <>
@@ -171,6 +188,58 @@ __device__ __forceinline__ std::uint32_t pack_bf16x2(float lo, float hi) {
   std::uint32_t u;
   std::memcpy(&u, &v, 4);
   return u;
+}
+
+// ---- the variants --------------------------------------------------------------------------------
+
+// What every kernel needs besides pointers. Scores stay in "raw" units (the unscaled Q·K) inside
+// the kernels, as in the default path: the softmax scale is folded into the exp2.
+struct MmaParams {
+  int T;              // tokens per sequence
+  int H, Hkv;         // query heads, key/value heads (H % Hkv == 0)
+  int window;         // sliding window, 1 ≤ window < T; read only by kWindow kernels
+  float scale;        // 1 / sqrt(D)
+  float cap_raw;      // softcap c in raw units, c / scale (kSoftcap kernels only)
+  float inv_cap_raw;  // scale / c
+  float tanh_k;       // 2·log2(e)·scale / c
+};
+
+// Soft-capping in raw units: u' = (c / scale) · tanh(u · scale / c), with tanh(x) = 1 − 2 / (1 + e^2x)
+// and e^2x = 2^(u · tanh_k) from MUFU.EX2. The absolute error of tanh is a few 1e-7 (ex2.approx is
+// good to 2^-22 relative; the fast division to 2 ulp), so the capped score is off by ~c·1e-7, far
+// below what bf16 P and dS lose; tanh.approx.f32 (2^-11 relative) would cost c·5e-4 (2.5% in P at
+// c = 50). For u·tanh_k ≥ 128 the exponential is +inf and 2 / inf = 0 (tanh = 1); for very
+// negative u it is 0 (tanh = −1): no NaN for any finite u.
+__device__ __forceinline__ float softcap_raw(float u, const MmaParams& p) {
+  return p.cap_raw * (1.f - __fdividef(2.f, 1.f + fast_exp2(u * p.tanh_k)));
+}
+
+// ∂u'/∂u = 1 − tanh² = 1 − (u' / cap_raw)², from the capped score itself (so the backward keeps no
+// second array of tanh values). Clamped at 0: it is 0 for masked scores (u' = −inf), and it keeps
+// rounding from making it slightly negative at |tanh| ≈ 1.
+__device__ __forceinline__ float softcap_slope(float capped, const MmaParams& p) {
+  const float t = capped * p.inv_cap_raw;
+  return fmaxf(1.f - t * t, 0.f);
+}
+
+// The qkv row of a token as query head h's kernels address it: the row length, and the offsets
+// from h's q columns to the k and v columns of the kv head it reads, kv = h / (H / Hkv) (k at
+// (H + kv)·D, v at (H + Hkv + kv)·D). Without grouping (Hkv = H) they are 3·C, C and 2·C with
+// C = H·D, written so: with the general expressions ptxas allocated registers differently and
+// spilled the default D = 32 and D = 128 kernels (see -Xptxas -v).
+struct QkvRow {
+  std::int64_t stride;
+  int k, v;
+};
+template <bool kGrouped, int D>
+__device__ __forceinline__ QkvRow qkv_row(const MmaParams& p, int h) {
+  const int C = p.H * D;
+  if constexpr (kGrouped) {
+    const int kv = h / (p.H / p.Hkv);
+    return {static_cast<std::int64_t>(p.H + 2 * p.Hkv) * D, (p.H - h + kv) * D, (p.H + p.Hkv - h + kv) * D};
+  } else {
+    return {3 * static_cast<std::int64_t>(C), C, 2 * C};
+  }
 }
 
 // ---- fragment loaders (all addresses are shared-memory tiles with kStride = D + kPad) -----------
@@ -324,16 +393,19 @@ __device__ __forceinline__ void stage_accumulator(bf16* tile, int row0, const fl
 
 // grid (B·H, ceil(T / kBlockM)); block 128 = 4 warps × 16·kMT query rows (kMT m-tiles of 16 per
 // warp: every K or V fragment read from shared memory feeds kMT mmas). Query tiles run in reverse
-// blockIdx.y order so the longest (last) tiles are scheduled first. A warp skips key tiles that lie
-// wholly after its last query (they would be fully masked).
+// blockIdx.y order so the longest (last) tiles are scheduled first. The block loads only the key
+// tiles of its band (from the one holding its first query's first visible key, with a window; else
+// from 0, to the one holding its last query); a warp skips tiles wholly outside its own band.
 // Shared: sQ (kBlockM, D+8) | sK 2 × (kBlockN, D+8) | sV 2 × (kBlockN, D+8), bf16.
 // kQInRegs: keep the warp's Q fragments in registers; else re-read them from sQ each key tile.
-template <int D, int kMT, int kBlockN, bool kQInRegs, int kMinBlocks>
+// kSoftcap, kWindow, kGrouped (Hkv < H): the variants, compile-time so that the default kernel has
+// none of their work.
+template <int D, int kMT, int kBlockN, bool kQInRegs, int kMinBlocks, bool kSoftcap, bool kWindow, bool kGrouped>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     attention_forward_mma_kernel(bf16* __restrict__ out,          // (B, T, H, D)
                                  float* __restrict__ lse,         // (B, H, T)
-                                 const bf16* __restrict__ qkv,    // (B, T, 3, H, D)
-                                 int T, int H, float scale) {
+                                 const bf16* __restrict__ qkv,    // (B, T, H·D + 2·Hkv·D)
+                                 MmaParams prm) {
   constexpr int kStride = D + kPad;
   constexpr int kWarpRows = kMT * kRowsPerWarp;
   constexpr int kBlockM = kWarps * kWarpRows;
@@ -349,21 +421,26 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
+  const int T = prm.T, H = prm.H;
   const int bh = blockIdx.x, b = bh / H, h = bh % H;
   const int q0 = (gridDim.y - 1 - blockIdx.y) * kBlockM;   // first query of the block
   const int qw0 = q0 + warp * kWarpRows;                    // first query of this warp
-  const int C = H * D;
-  const std::int64_t row_stride = 3 * static_cast<std::int64_t>(C);
+  const int C = H * D;                                      // columns of out
+  const QkvRow row = qkv_row<kGrouped, D>(prm, h);
+  const std::int64_t row_stride = row.stride;
   const bf16* q_base = qkv + static_cast<std::int64_t>(b) * T * row_stride + h * D;
-  const bf16* k_base = q_base + C;
-  const bf16* v_base = q_base + 2 * C;
+  const bf16* k_base = q_base + row.k;
+  const bf16* v_base = q_base + row.v;
+  [[maybe_unused]] const int window = prm.window;
 
-  // Key tiles 0..n_tiles-1: up to the one holding the block's last query (or the last key).
-  const int n_tiles = min(q0 + kBlockM - 1, T - 1) / kBlockN + 1;
+  // Key tiles n_begin..n_end-1: from the one holding the first key the block's first query sees
+  // (key 0 without a window) to the one holding the block's last query (or the last key).
+  const int n_begin = kWindow ? max(q0 - window + 1, 0) / kBlockN : 0;
+  const int n_end = min(q0 + kBlockM - 1, T - 1) / kBlockN + 1;
 
   load_rows_async<kBlockM, D>(sQ, q_base, row_stride, q0, T, tid);
-  load_rows_async<kBlockN, D>(sK, k_base, row_stride, 0, T, tid);
-  load_rows_async<kBlockN, D>(sV, v_base, row_stride, 0, T, tid);
+  load_rows_async<kBlockN, D>(sK, k_base, row_stride, n_begin * kBlockN, T, tid);
+  load_rows_async<kBlockN, D>(sV, v_base, row_stride, n_begin * kBlockN, T, tid);
   cp_async_commit();
   cp_async_wait_all();
   __syncthreads();
@@ -386,22 +463,26 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     row_max[mt][0] = row_max[mt][1] = -kInf;
     row_sum[mt][0] = row_sum[mt][1] = 0.f;
   }
+  const float scale = prm.scale;
   const float scale_log2 = scale * kLog2e;    // exp(scale·x) = exp2(scale_log2·x)
 
-  for (int n = 0; n < n_tiles; ++n) {
+  for (int n = n_begin; n < n_end; ++n) {
     // Prefetch tile n+1 into the other buffer; every warp finished with it before the barrier
     // that ended iteration n-1.
-    if (n + 1 < n_tiles) {
-      const int next = (n + 1) % 2;
+    const int buf = (n - n_begin) % 2;
+    if (n + 1 < n_end) {
+      const int next = 1 - buf;
       load_rows_async<kBlockN, D>(sK + next * kBlockN * kStride, k_base, row_stride, (n + 1) * kBlockN, T, tid);
       load_rows_async<kBlockN, D>(sV + next * kBlockN * kStride, v_base, row_stride, (n + 1) * kBlockN, T, tid);
       cp_async_commit();
     }
-    const std::uint32_t k_tile = smem_addr(sK + (n % 2) * kBlockN * kStride);
-    const std::uint32_t v_tile = smem_addr(sV + (n % 2) * kBlockN * kStride);
+    const std::uint32_t k_tile = smem_addr(sK + buf * kBlockN * kStride);
+    const std::uint32_t v_tile = smem_addr(sV + buf * kBlockN * kStride);
     const int n0 = n * kBlockN;
 
-    if (n0 <= qw0 + kWarpRows - 1) {   // warp-uniform: some key of the tile is visible to the warp
+    // Warp-uniform: some key of the tile is visible to the warp (not after its last query, and with
+    // a window not before the first key its first query sees).
+    if (n0 <= qw0 + kWarpRows - 1 && (!kWindow || n0 + kBlockN - 1 > qw0 - window)) {
       // S = Q Kᵀ: s[mt][j][e] is row mt·16 + g + 8·(e/2), key n0 + 8j + 2t + e%2.
       float s[kMT][kNB][4] = {};
 #pragma unroll
@@ -428,9 +509,20 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
         }
       }
 
+      if constexpr (kSoftcap) {   // capped before the mask and the softmax
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+          for (int j = 0; j < kNB; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[mt][j][e] = softcap_raw(s[mt][j][e], prm);
+      }
+
       // Causal mask, only on tiles whose last key is past this warp's first query. Keys at or past
       // T lie after every real query, so this also hides the zero-filled tail of the last tile.
-      if (n0 + kBlockN - 1 > qw0) {
+      // The window's edge, only on tiles whose first key is one the warp's last query no longer sees.
+      const bool window_edge = kWindow && n0 <= qw0 + kWarpRows - 1 - window;
+      if (n0 + kBlockN - 1 > qw0 || window_edge) {
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
@@ -439,7 +531,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
             for (int e = 0; e < 4; ++e) {
               const int key = n0 + j * 8 + 2 * t + (e % 2);
               const int query = qw0 + mt * 16 + g + 8 * (e / 2);
-              if (key > query) s[mt][j][e] = -kInf;
+              if (key > query || (window_edge && query - key >= window)) s[mt][j][e] = -kInf;
             }
       }
 
@@ -458,7 +550,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
           new_max[r] = fmaxf(new_max[r], __shfl_xor_sync(0xffffffffu, new_max[r], 1));
           new_max[r] = fmaxf(new_max[r], __shfl_xor_sync(0xffffffffu, new_max[r], 2));
           // A row with no visible key so far keeps max -inf; subtract 0 then so exp2 gives 0, not
-          // NaN. (Cannot happen for causal rows, which always see key 0 in tile 0; kept as a guard.)
+          // NaN. (With a window a row's first tiles can be wholly masked for it; every row sees its
+          // own key later, so its final max is finite.)
           max_scaled[r] = new_max[r] == -kInf ? 0.f : new_max[r] * scale_log2;
           const float alpha = fast_exp2(row_max[mt][r] * scale_log2 - max_scaled[r]);   // rescales old terms
           row_max[mt][r] = new_max[r];
@@ -539,20 +632,22 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 
 // dQ = scale · dS K, dS = P ⊙ (dO Vᵀ − delta), P = exp(scale·Q Kᵀ − lse), for kBlockM queries;
 // delta = rowsum(dO ⊙ O) is computed here from sdO and sO (and stored for the dK/dV kernel).
-// grid (B·H, ceil(T / kBlockM)), reversed like the forward; block 128 = 4 warps × 16·kMT query rows.
+// With soft-capping, P = exp(scale·capped − lse) and dS also carries the slope 1 − tanh².
+// grid (B·H, ceil(T / kBlockM)), reversed like the forward; block 128 = 4 warps × 16·kMT query rows;
+// the key tiles visited are the forward's.
 // dP is computed kChunk key columns at a time (all of the warp's dO fragments stay in registers),
 // turned into dS in place of P right away, so only kChunk n-blocks of dP are live at once.
 // Shared: sQ (kBlockM, D+8) | sdO (kBlockM, D+8) | sK 2 × (kBlockN, D+8) | sV 2 × (kBlockN, D+8) |
 //         sO (kBlockM, D+8).
-template <int D, int kMT, int kBlockN, int kChunk, int kMinBlocks>
+template <int D, int kMT, int kBlockN, int kChunk, int kMinBlocks, bool kSoftcap, bool kWindow, bool kGrouped>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
-    attention_backward_dq_mma_kernel(bf16* __restrict__ dqkv,          // (B, T, 3, H, D), q part written
+    attention_backward_dq_mma_kernel(bf16* __restrict__ dqkv,          // (B, T, H·D + 2·Hkv·D), q part written
                                      const bf16* __restrict__ dout,    // (B, T, H, D)
-                                     const bf16* __restrict__ qkv,     // (B, T, 3, H, D)
+                                     const bf16* __restrict__ qkv,     // (B, T, H·D + 2·Hkv·D)
                                      const bf16* __restrict__ out,     // (B, T, H, D)
                                      const float* __restrict__ lse,    // (B, H, T)
                                      float* __restrict__ delta,        // (B, H, T), written
-                                     int T, int H, float scale) {
+                                     MmaParams prm) {
   constexpr int kStride = D + kPad;
   constexpr int kWarpRows = kMT * kRowsPerWarp;
   constexpr int kBlockM = kWarps * kWarpRows;
@@ -570,22 +665,26 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
+  const int T = prm.T, H = prm.H;
   const int bh = blockIdx.x, b = bh / H, h = bh % H;
   const int q0 = (gridDim.y - 1 - blockIdx.y) * kBlockM;
   const int qw0 = q0 + warp * kWarpRows;
-  const int C = H * D;
-  const std::int64_t row_stride = 3 * static_cast<std::int64_t>(C);
+  const int C = H * D;   // columns of out and dout
+  const QkvRow row = qkv_row<kGrouped, D>(prm, h);
+  const std::int64_t row_stride = row.stride;
   const std::int64_t seq_offset = static_cast<std::int64_t>(b) * T * row_stride + h * D;
   const bf16* q_base = qkv + seq_offset;
-  const bf16* k_base = q_base + C;
-  const bf16* v_base = q_base + 2 * C;
+  const bf16* k_base = q_base + row.k;
+  const bf16* v_base = q_base + row.v;
   const bf16* do_base = dout + static_cast<std::int64_t>(b) * T * C + h * D;
-  const int n_tiles = min(q0 + kBlockM - 1, T - 1) / kBlockN + 1;
+  [[maybe_unused]] const int window = prm.window;
+  const int n_begin = kWindow ? max(q0 - window + 1, 0) / kBlockN : 0;   // as in the forward
+  const int n_end = min(q0 + kBlockM - 1, T - 1) / kBlockN + 1;
 
   load_rows_async<kBlockM, D>(sQ, q_base, row_stride, q0, T, tid);
   load_rows_async<kBlockM, D>(sdO, do_base, C, q0, T, tid);
-  load_rows_async<kBlockN, D>(sK, k_base, row_stride, 0, T, tid);
-  load_rows_async<kBlockN, D>(sV, v_base, row_stride, 0, T, tid);
+  load_rows_async<kBlockN, D>(sK, k_base, row_stride, n_begin * kBlockN, T, tid);
+  load_rows_async<kBlockN, D>(sV, v_base, row_stride, n_begin * kBlockN, T, tid);
   load_rows_async<kBlockM, D>(sO, out + static_cast<std::int64_t>(b) * T * C + h * D, C, q0, T, tid);
   cp_async_commit();
 
@@ -646,20 +745,23 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     }
 
   float dq[kMT][kDB][4] = {};
+  const float scale = prm.scale;
   const float scale_log2 = scale * kLog2e;
 
-  for (int n = 0; n < n_tiles; ++n) {
-    if (n + 1 < n_tiles) {
-      const int next = (n + 1) % 2;
+  for (int n = n_begin; n < n_end; ++n) {
+    const int buf = (n - n_begin) % 2;
+    if (n + 1 < n_end) {
+      const int next = 1 - buf;
       load_rows_async<kBlockN, D>(sK + next * kBlockN * kStride, k_base, row_stride, (n + 1) * kBlockN, T, tid);
       load_rows_async<kBlockN, D>(sV + next * kBlockN * kStride, v_base, row_stride, (n + 1) * kBlockN, T, tid);
       cp_async_commit();
     }
-    const std::uint32_t k_tile = smem_addr(sK + (n % 2) * kBlockN * kStride);
-    const std::uint32_t v_tile = smem_addr(sV + (n % 2) * kBlockN * kStride);
+    const std::uint32_t k_tile = smem_addr(sK + buf * kBlockN * kStride);
+    const std::uint32_t v_tile = smem_addr(sV + buf * kBlockN * kStride);
     const int n0 = n * kBlockN;
 
-    if (n0 <= qw0 + kWarpRows - 1) {   // warp-uniform: the tile is not wholly masked for this warp
+    // Warp-uniform: the tile is not wholly masked for this warp (as in the forward).
+    if (n0 <= qw0 + kWarpRows - 1 && (!kWindow || n0 + kBlockN - 1 > qw0 - window)) {
       // P = exp(scale·Q Kᵀ − lse): p[mt][j][e] is row mt·16 + g + 8·(e/2), key n0 + 8j + 2t + e%2.
       float p[kMT][kNB][4] = {};
 #pragma unroll
@@ -676,14 +778,23 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
         }
       }
       const bool masked_tile = n0 + kBlockN - 1 > qw0;
+      const bool window_edge = kWindow && n0 <= qw0 + kWarpRows - 1 - window;   // as in the forward
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
         for (int j = 0; j < kNB; ++j)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            p[mt][j][e] = fast_exp2(fmaf(p[mt][j][e], scale_log2, -lse_log2[mt][e / 2]));
+            if constexpr (kSoftcap) {
+              // P times the cap's slope: P itself is not needed here, only dS = P ⊙ (dP − delta) ⊙ slope.
+              const float u = softcap_raw(p[mt][j][e], prm);
+              p[mt][j][e] = fast_exp2(fmaf(u, scale_log2, -lse_log2[mt][e / 2])) * softcap_slope(u, prm);
+            } else {
+              p[mt][j][e] = fast_exp2(fmaf(p[mt][j][e], scale_log2, -lse_log2[mt][e / 2]));
+            }
             if (masked_tile && n0 + j * 8 + 2 * t + (e % 2) > qw0 + mt * 16 + g + 8 * (e / 2)) p[mt][j][e] = 0.f;
+            if (window_edge && qw0 + mt * 16 + g + 8 * (e / 2) - (n0 + j * 8 + 2 * t + (e % 2)) >= window)
+              p[mt][j][e] = 0.f;
           }
 
       // dP = dO Vᵀ, kChunk n-blocks at a time, then dS = P ⊙ (dP − delta) in place of P.
@@ -747,21 +858,26 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 // dK = scale · dSᵀ Q and dV = Pᵀ dO for kBlockK = 64·kMT keys (16·kMT per warp), looping over the
 // query tiles at or after them; the products are computed transposed (keys as rows) so the key rows
 // stay the m dimension: Sᵀ = K Qᵀ, Pᵀ = exp(scale·Sᵀ − lse(column)), dPᵀ = V dOᵀ,
-// dSᵀ = Pᵀ ⊙ (dPᵀ − delta(column)). A warp skips query tiles wholly before its first key.
-// grid (B·H, ceil(T / kBlockK)); key tile blockIdx.y, so the longest (first) tiles start first.
+// dSᵀ = Pᵀ ⊙ (dPᵀ − delta(column)) (⊙ the cap's slope with soft-capping). The block visits the query
+// tiles of its band (to the one holding the last query that sees its last key, with a window; else
+// to the last) and a warp skips tiles wholly outside its own band.
+// Grouped-query attention: the block belongs to one kv head and runs this loop over the query heads
+// of its group in order, one after another (the pipeline runs on across them), accumulating dK and
+// dV in registers: the group's sum with no atomics, in a fixed order.
+// grid (B·Hkv, ceil(T / kBlockK)); key tile blockIdx.y, so the longest (first) tiles start first.
 // Shared: sK (kBlockK, D+8) | sV (kBlockK, D+8) | sQ 2 × (kBlockM, D+8) | sdO 2 × (kBlockM, D+8)
 //         bf16 | s_lse 2 × kBlockM | s_delta 2 × kBlockM fp32.
 // kKVInRegs: keep this warp's K and V rows as A fragments in registers; else they are re-read from
 // shared memory each query tile to leave registers for the dK and dV accumulators. dPᵀ is computed
 // kChunk query columns at a time.
-template <int D, int kMT, int kBlockM, bool kKVInRegs, int kChunk, int kMinBlocks>
+template <int D, int kMT, int kBlockM, bool kKVInRegs, int kChunk, int kMinBlocks, bool kSoftcap, bool kWindow>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
-    attention_backward_dkdv_mma_kernel(bf16* __restrict__ dqkv,          // (B, T, 3, H, D), k and v parts
+    attention_backward_dkdv_mma_kernel(bf16* __restrict__ dqkv,          // (B, T, H·D + 2·Hkv·D), k and v parts
                                        const bf16* __restrict__ dout,    // (B, T, H, D)
-                                       const bf16* __restrict__ qkv,     // (B, T, 3, H, D)
+                                       const bf16* __restrict__ qkv,     // (B, T, H·D + 2·Hkv·D)
                                        const float* __restrict__ lse,    // (B, H, T)
                                        const float* __restrict__ delta,  // (B, H, T)
-                                       int T, int H, float scale) {
+                                       MmaParams prm) {
   constexpr int kStride = D + kPad;
   constexpr int kWarpRows = kMT * kRowsPerWarp;
   constexpr int kBlockK = kWarps * kWarpRows;
@@ -780,34 +896,37 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
-  const int bh = blockIdx.x, b = bh / H, h = bh % H;
+  const int T = prm.T, H = prm.H, Hkv = prm.Hkv, group = H / Hkv;
+  const int bkv = blockIdx.x, b = bkv / Hkv, kv = bkv % Hkv;
   const int k0 = blockIdx.y * kBlockK;         // first key of the block
   const int kw0 = k0 + warp * kWarpRows;       // first key of this warp
-  const int C = H * D;
-  const std::int64_t row_stride = 3 * static_cast<std::int64_t>(C);
-  const std::int64_t seq_offset = static_cast<std::int64_t>(b) * T * row_stride + h * D;
-  const bf16* q_base = qkv + seq_offset;
-  const bf16* k_base = q_base + C;
-  const bf16* v_base = q_base + 2 * C;
-  const bf16* do_base = dout + static_cast<std::int64_t>(b) * T * C + h * D;
-  const float* lse_row = lse + static_cast<std::int64_t>(bh) * T;
-  const float* delta_row = delta + static_cast<std::int64_t>(bh) * T;
+  const int C = H * D;                         // columns of dout
+  const std::int64_t row_stride = static_cast<std::int64_t>(H + 2 * Hkv) * D;
+  const std::int64_t seq_offset = static_cast<std::int64_t>(b) * T * row_stride;
+  const bf16* k_base = qkv + seq_offset + (H + kv) * D;
+  const bf16* v_base = qkv + seq_offset + (H + Hkv + kv) * D;
+  [[maybe_unused]] const int window = prm.window;
 
-  // Query tiles from the one holding key k0 to the last.
+  // Query tiles from the one holding key k0 to the last (with a window: to the one holding the last
+  // query that sees the block's last key).
   const int m_first = k0 / kBlockM;
-  const int m_end = (T + kBlockM - 1) / kBlockM;
+  const int m_end = (kWindow ? min(k0 + kBlockK - 1 + window - 1, T - 1) : T - 1) / kBlockM + 1;
 
-  auto load_query_tile = [&](int m, int buf) {
+  // Query tile m of query head kv·group + hg: Q, dO, lse and delta rows into buffer buf.
+  auto load_query_tile = [&](int hg, int m, int buf) {
+    const int h = kv * group + hg;
+    const std::int64_t bh = static_cast<std::int64_t>(b) * H + h;
     const int m0 = m * kBlockM;
-    load_rows_async<kBlockM, D>(sQ + buf * kBlockM * kStride, q_base, row_stride, m0, T, tid);
-    load_rows_async<kBlockM, D>(sdO + buf * kBlockM * kStride, do_base, C, m0, T, tid);
-    load_vector_async<kBlockM>(s_lse + buf * kBlockM, lse_row, m0, T, tid);
-    load_vector_async<kBlockM>(s_delta + buf * kBlockM, delta_row, m0, T, tid);
+    load_rows_async<kBlockM, D>(sQ + buf * kBlockM * kStride, qkv + seq_offset + h * D, row_stride, m0, T, tid);
+    load_rows_async<kBlockM, D>(sdO + buf * kBlockM * kStride, dout + static_cast<std::int64_t>(b) * T * C + h * D,
+                                C, m0, T, tid);
+    load_vector_async<kBlockM>(s_lse + buf * kBlockM, lse + bh * T, m0, T, tid);
+    load_vector_async<kBlockM>(s_delta + buf * kBlockM, delta + bh * T, m0, T, tid);
   };
 
   load_rows_async<kBlockK, D>(sK, k_base, row_stride, k0, T, tid);
   load_rows_async<kBlockK, D>(sV, v_base, row_stride, k0, T, tid);
-  load_query_tile(m_first, 0);
+  load_query_tile(0, m_first, 0);
   cp_async_commit();
   cp_async_wait_all();
   __syncthreads();
@@ -826,12 +945,19 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   }
 
   float dk[kMT][kDB][4] = {}, dv[kMT][kDB][4] = {};
+  const float scale = prm.scale;
   const float scale_log2 = scale * kLog2e;
 
-  for (int m = m_first; m < m_end; ++m) {
-    const int buf = (m - m_first) % 2;
-    if (m + 1 < m_end) {
-      load_query_tile(m + 1, 1 - buf);
+  // (hg, m) runs over the group's heads, and for each over query tiles m_first..m_end-1; the
+  // prefetch of the next pair crosses from one head to the next.
+  const int iterations = group * (m_end - m_first);
+  int hg = 0, m = m_first;
+  for (int it = 0; it < iterations; ++it) {
+    const int buf = it % 2;
+    int next_hg = hg, next_m = m + 1;
+    if (next_m == m_end) next_hg = hg + 1, next_m = m_first;
+    if (it + 1 < iterations) {
+      load_query_tile(next_hg, next_m, 1 - buf);
       cp_async_commit();
     }
     const std::uint32_t q_tile = smem_addr(sQ + buf * kBlockM * kStride);
@@ -840,7 +966,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     const float* delta_tile = s_delta + buf * kBlockM;
     const int m0 = m * kBlockM;
 
-    if (m0 + kBlockM - 1 >= kw0) {   // warp-uniform: some query of the tile sees a key of the warp
+    // Warp-uniform: some query of the tile sees a key of the warp (none before its first key, and
+    // with a window none after the last query that sees its last key).
+    if (m0 + kBlockM - 1 >= kw0 && (!kWindow || m0 < kw0 + kWarpRows - 1 + window)) {
       // Sᵀ = K Qᵀ: p[mt][j][e] is key mt·16 + g + 8·(e/2), query m0 + 8j + 2t + e%2.
       float p[kMT][kNB][4] = {};
 #pragma unroll
@@ -868,8 +996,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       }
 
       // Pᵀ = exp(scale·Sᵀ − lse). Mask where query < key (only tiles reaching below this warp's
-      // last key) and queries at or past T (ragged last tile; their lse was zero-filled).
+      // last key) and queries at or past T (ragged last tile; their lse was zero-filled); with a
+      // window also where query − key ≥ W (only tiles reaching past the band's far edge).
+      // With soft-capping p keeps the capped score instead (−inf where masked): the dS step below
+      // needs it for the slope, so P is computed from it twice (for dV, and again for dS) rather
+      // than kept in a second array of registers.
       const bool masked_tile = m0 < kw0 + kWarpRows - 1 || m0 + kBlockM > T;
+      const bool window_edge = kWindow && m0 + kBlockM - 1 - kw0 >= window;
+      constexpr float kMasked = kSoftcap ? -kInf : 0.f;
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
@@ -879,16 +1013,34 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
             const int col = j * 8 + 2 * t + (e % 2);
             const int query = m0 + col;
             const int key = kw0 + mt * 16 + g + 8 * (e / 2);
-            p[mt][j][e] = fast_exp2(fmaf(p[mt][j][e], scale_log2, -lse_tile[col] * kLog2e));
-            if (masked_tile && (query < key || query >= T)) p[mt][j][e] = 0.f;
+            if constexpr (kSoftcap) p[mt][j][e] = softcap_raw(p[mt][j][e], prm);
+            else p[mt][j][e] = fast_exp2(fmaf(p[mt][j][e], scale_log2, -lse_tile[col] * kLog2e));
+            if (masked_tile && (query < key || query >= T)) p[mt][j][e] = kMasked;
+            if (window_edge && query - key >= window) p[mt][j][e] = kMasked;
           }
+      // P of element (j, e) from the capped score (kSoftcap only).
+      auto prob = [&](float capped, int j, int e) {
+        return fast_exp2(fmaf(capped, scale_log2, -lse_tile[j * 8 + 2 * t + (e % 2)] * kLog2e));
+      };
 
       // dV += Pᵀ dO.
 #pragma unroll
       for (int kk = 0; kk < kNB / 2; ++kk) {
         std::uint32_t a[kMT][4];
 #pragma unroll
-        for (int mt = 0; mt < kMT; ++mt) c_pair_to_a_frag(a[mt], p[mt][2 * kk], p[mt][2 * kk + 1]);
+        for (int mt = 0; mt < kMT; ++mt) {
+          if constexpr (kSoftcap) {
+            float p0[4], p1[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              p0[e] = prob(p[mt][2 * kk][e], 2 * kk, e);
+              p1[e] = prob(p[mt][2 * kk + 1][e], 2 * kk + 1, e);
+            }
+            c_pair_to_a_frag(a[mt], p0, p1);
+          } else {
+            c_pair_to_a_frag(a[mt], p[mt][2 * kk], p[mt][2 * kk + 1]);
+          }
+        }
 #pragma unroll
         for (int db = 0; db < kDB; db += 2) {
           std::uint32_t bo[4];
@@ -933,9 +1085,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 #pragma unroll
           for (int j = 0; j < kChunk; ++j)
 #pragma unroll
-            for (int e = 0; e < 4; ++e)
-              p[mt][c + j][e] =
-                  p[mt][c + j][e] * (dp[mt][j][e] - delta_tile[(c + j) * 8 + 2 * t + (e % 2)]);
+            for (int e = 0; e < 4; ++e) {
+              const float ddp = dp[mt][j][e] - delta_tile[(c + j) * 8 + 2 * t + (e % 2)];
+              if constexpr (kSoftcap) {
+                const float u = p[mt][c + j][e];
+                p[mt][c + j][e] = prob(u, c + j, e) * ddp * softcap_slope(u, prm);
+              } else {
+                p[mt][c + j][e] = p[mt][c + j][e] * ddp;
+              }
+            }
       }
 
       // dK += dSᵀ Q (scale applied once at the end).
@@ -959,6 +1117,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 
     cp_async_wait_all();
     __syncthreads();
+    hg = next_hg;
+    m = next_m;
   }
 
   // Stage through this warp's own rows of sK and sV (read by this warp only), then store.
@@ -971,29 +1131,51 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
     const int r0 = warp * kWarpRows + mt * 16;
-    store_warp_rows<D>(dqkv + seq_offset + C, row_stride, sK + r0 * kStride, kw0 + mt * 16, T, lane);
-    store_warp_rows<D>(dqkv + seq_offset + 2 * C, row_stride, sV + r0 * kStride, kw0 + mt * 16, T, lane);
+    store_warp_rows<D>(dqkv + seq_offset + (H + kv) * D, row_stride, sK + r0 * kStride, kw0 + mt * 16, T, lane);
+    store_warp_rows<D>(dqkv + seq_offset + (H + Hkv + kv) * D, row_stride, sV + r0 * kStride, kw0 + mt * 16, T,
+                       lane);
   }
 }
 
 // ---- host side ---------------------------------------------------------------------------------
 
-struct LaunchDims {
-  int T = 0, H = 0, BH = 0;
+// Shape checks shared by forward and backward; the kernels' parameters. The variant flags
+// (soft-capping on, a window narrower than T) pick the kernel instantiation.
+struct Launch {
+  MmaParams p;
+  int BH = 0, BHkv = 0;
+  bool softcap = false, window = false, grouped = false;
 };
 
-// Shape checks shared by forward and backward; the sizes as the kernels' ints.
-LaunchDims check_shape(const GpuAttentionShape& s, const char* op) {
+Launch check_shape(const GpuAttentionShape& s, const char* op) {
+  check_attention_shape(s, op);
   SLM_CHECK(attention_mma_supported(s.D), op, ": D = ", s.D, " has no mma kernel");
-  SLM_CHECK(s.B > 0 && s.T > 0 && s.H > 0, op, ": empty shape");
   const std::int64_t tiles = (s.T + kMinTileRows - 1) / kMinTileRows;   // the most tiles any kernel uses
   constexpr std::int64_t kIntMax = std::numeric_limits<int>::max();
-  // Positions within a sequence and column offsets (up to 3·H·D) are ints in the kernels; token
-  // offsets are 64-bit. gridDim.y (query or key tiles) is limited to 65535.
-  if (s.B * s.H > kIntMax || s.T > kIntMax || 3 * s.H * s.D > kIntMax || tiles > 65535) {
-    fail(op, ": shape B=", s.B, " T=", s.T, " H=", s.H, " D=", s.D, " is too large for the mma kernels' grid");
+  // Positions within a sequence (up to 2·T with a window's reach) and column offsets (up to
+  // (H + 2·Hkv)·D) are ints in the kernels; token offsets are 64-bit. gridDim.y (query or key
+  // tiles) is limited to 65535.
+  if (s.B * s.H > kIntMax || 2 * s.T > kIntMax || s.qkv_row() > kIntMax || tiles > 65535) {
+    fail(op, ": shape B=", s.B, " T=", s.T, " H=", s.H, " Hkv=", s.kv_heads(), " D=", s.D,
+         " is too large for the mma kernels' grid");
   }
-  return {static_cast<int>(s.T), static_cast<int>(s.H), static_cast<int>(s.B * s.H)};
+  Launch l;
+  const bool windowed = s.window > 0 && s.window < s.T;
+  const float scale = 1.f / std::sqrt(static_cast<float>(s.D));
+  l.p = MmaParams{.T = static_cast<int>(s.T),
+                  .H = static_cast<int>(s.H),
+                  .Hkv = static_cast<int>(s.kv_heads()),
+                  .window = static_cast<int>(windowed ? s.window : s.T),
+                  .scale = scale,
+                  .cap_raw = s.softcap > 0 ? s.softcap / scale : 0.f,
+                  .inv_cap_raw = s.softcap > 0 ? scale / s.softcap : 0.f,
+                  .tanh_k = s.softcap > 0 ? 2.f * kLog2e * scale / s.softcap : 0.f};
+  l.BH = static_cast<int>(s.B * s.H);
+  l.BHkv = static_cast<int>(s.B * s.kv_heads());
+  l.softcap = s.softcap > 0;
+  l.window = windowed;
+  l.grouped = s.kv_heads() != s.H;
+  return l;
 }
 
 void check_aligned(const void* p, const char* what) {
@@ -1009,57 +1191,79 @@ void set_smem(Kernel kernel, std::size_t bytes) {
 
 unsigned tiles_of(int T, int rows) { return static_cast<unsigned>((T + rows - 1) / rows); }
 
-template <int D, int kMT, int kBlockN, bool kQInRegs, int kMinBlocks>
-void forward_cfg(bf16* out, float* lse, const bf16* qkv, const LaunchDims& n, cudaStream_t stream) {
+// Calls f(bool_constant<softcap>, bool_constant<window>, bool_constant<grouped>): the variant as
+// template arguments.
+template <typename F>
+void with_variant(const Launch& l, F&& f) {
+  auto grouped = [&](auto sc, auto w) {
+    if (l.grouped) f(sc, w, std::true_type{});
+    else f(sc, w, std::false_type{});
+  };
+  auto window = [&](auto sc) {
+    if (l.window) grouped(sc, std::true_type{});
+    else grouped(sc, std::false_type{});
+  };
+  if (l.softcap) window(std::true_type{});
+  else window(std::false_type{});
+}
+
+template <int D, int kMT, int kBlockN, bool kQInRegs, int kMinBlocks, bool kSoftcap, bool kWindow, bool kGrouped>
+void forward_cfg(bf16* out, float* lse, const bf16* qkv, const Launch& l, cudaStream_t stream) {
   constexpr int kBlockM = kWarps * kRowsPerWarp * kMT;
   constexpr std::size_t smem = static_cast<std::size_t>(kBlockM + 4 * kBlockN) * (D + kPad) * sizeof(bf16);
-  auto kernel = attention_forward_mma_kernel<D, kMT, kBlockN, kQInRegs, kMinBlocks>;
+  auto kernel = attention_forward_mma_kernel<D, kMT, kBlockN, kQInRegs, kMinBlocks, kSoftcap, kWindow, kGrouped>;
   set_smem(kernel, smem);
-  kernel<<<dim3(n.BH, tiles_of(n.T, kBlockM)), kThreads, smem, stream>>>(out, lse, qkv, n.T, n.H,
-                                                                          1.f / std::sqrt(float(D)));
+  kernel<<<dim3(l.BH, tiles_of(l.p.T, kBlockM)), kThreads, smem, stream>>>(out, lse, qkv, l.p);
   SLM_CUDA_LAUNCH_CHECK();
 }
 
-template <int D, int kMT, int kBlockN, int kChunk, int kMinBlocks>
+template <int D, int kMT, int kBlockN, int kChunk, int kMinBlocks, bool kSoftcap, bool kWindow, bool kGrouped>
 void dq_cfg(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, float* delta,
-            const LaunchDims& n, cudaStream_t stream) {
+            const Launch& l, cudaStream_t stream) {
   constexpr int kBlockM = kWarps * kRowsPerWarp * kMT;
   constexpr std::size_t smem =
       static_cast<std::size_t>(3 * kBlockM + 4 * kBlockN) * (D + kPad) * sizeof(bf16);
-  auto kernel = attention_backward_dq_mma_kernel<D, kMT, kBlockN, kChunk, kMinBlocks>;
+  auto kernel = attention_backward_dq_mma_kernel<D, kMT, kBlockN, kChunk, kMinBlocks, kSoftcap, kWindow, kGrouped>;
   set_smem(kernel, smem);
-  kernel<<<dim3(n.BH, tiles_of(n.T, kBlockM)), kThreads, smem, stream>>>(dqkv, dout, qkv, out, lse, delta, n.T,
-                                                                          n.H, 1.f / std::sqrt(float(D)));
+  kernel<<<dim3(l.BH, tiles_of(l.p.T, kBlockM)), kThreads, smem, stream>>>(dqkv, dout, qkv, out, lse, delta, l.p);
   SLM_CUDA_LAUNCH_CHECK();
 }
 
-template <int D, int kMT, int kBlockM, bool kKVInRegs, int kChunk, int kMinBlocks>
-void dkdv_cfg(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* delta,
-              const LaunchDims& n, cudaStream_t stream) {
+template <int D, int kMT, int kBlockM, bool kKVInRegs, int kChunk, int kMinBlocks, bool kSoftcap, bool kWindow>
+void dkdv_cfg(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* delta, const Launch& l,
+              cudaStream_t stream) {
   constexpr int kBlockK = kWarps * kRowsPerWarp * kMT;
   constexpr std::size_t smem = static_cast<std::size_t>(2 * kBlockK + 4 * kBlockM) * (D + kPad) * sizeof(bf16) +
                                4 * kBlockM * sizeof(float);
-  auto kernel = attention_backward_dkdv_mma_kernel<D, kMT, kBlockM, kKVInRegs, kChunk, kMinBlocks>;
+  auto kernel = attention_backward_dkdv_mma_kernel<D, kMT, kBlockM, kKVInRegs, kChunk, kMinBlocks, kSoftcap, kWindow>;
   set_smem(kernel, smem);
-  kernel<<<dim3(n.BH, tiles_of(n.T, kBlockK)), kThreads, smem, stream>>>(dqkv, dout, qkv, lse, delta, n.T, n.H,
-                                                                          1.f / std::sqrt(float(D)));
+  kernel<<<dim3(l.BHkv, tiles_of(l.p.T, kBlockK)), kThreads, smem, stream>>>(dqkv, dout, qkv, lse, delta, l.p);
   SLM_CUDA_LAUNCH_CHECK();
 }
 
 template <int D>
-void launch_forward(bf16* out, float* lse, const bf16* qkv, const LaunchDims& n, cudaStream_t stream) {
+void launch_forward(bf16* out, float* lse, const bf16* qkv, const Launch& l, cudaStream_t stream) {
   using F = typename MmaTiles<D>::Forward;
-  forward_cfg<D, F::kMT, F::kBlockN, F::kQInRegs, F::kMinBlocks>(out, lse, qkv, n, stream);
+  with_variant(l, [&](auto softcap, auto window, auto grouped) {
+    forward_cfg<D, F::kMT, F::kBlockN, F::kQInRegs, F::kMinBlocks, decltype(softcap)::value, decltype(window)::value,
+                decltype(grouped)::value>(out, lse, qkv, l, stream);
+  });
 }
 
 template <int D>
 void launch_backward(bf16* dqkv, float* delta, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse,
-                     const LaunchDims& n, cudaStream_t stream) {
+                     const Launch& l, cudaStream_t stream) {
   // dQ first: it also writes delta = rowsum(dO ⊙ O), which the dK/dV kernel reads.
   using Q = typename MmaTiles<D>::Dq;
   using K = typename MmaTiles<D>::Dkdv;
-  dq_cfg<D, Q::kMT, Q::kBlockN, Q::kChunk, Q::kMinBlocks>(dqkv, dout, qkv, out, lse, delta, n, stream);
-  dkdv_cfg<D, K::kMT, K::kBlockM, K::kKVInRegs, K::kChunk, K::kMinBlocks>(dqkv, dout, qkv, lse, delta, n, stream);
+  // dK/dV loops over a group's heads at run time: grouping changes only its grid and loop count.
+  with_variant(l, [&](auto softcap, auto window, auto grouped) {
+    constexpr bool kSoftcap = decltype(softcap)::value, kWindow = decltype(window)::value;
+    dq_cfg<D, Q::kMT, Q::kBlockN, Q::kChunk, Q::kMinBlocks, kSoftcap, kWindow, decltype(grouped)::value>(
+        dqkv, dout, qkv, out, lse, delta, l, stream);
+    dkdv_cfg<D, K::kMT, K::kBlockM, K::kKVInRegs, K::kChunk, K::kMinBlocks, kSoftcap, kWindow>(dqkv, dout, qkv, lse,
+                                                                                              delta, l, stream);
+  });
 }
 
 }  // namespace
@@ -1067,21 +1271,21 @@ void launch_backward(bf16* dqkv, float* delta, const bf16* dout, const bf16* qkv
 bool attention_mma_supported(std::int64_t D) { return D == 32 || D == 64 || D == 128; }
 
 void attention_forward_mma(Bf16* out, float* lse, const Bf16* qkv, const GpuAttentionShape& s, CUstream_st* stream) {
-  const LaunchDims n = check_shape(s, "attention_forward_mma");
+  const Launch l = check_shape(s, "attention_forward_mma");
   check_aligned(out, "out");
   check_aligned(qkv, "qkv");
   bf16* o = reinterpret_cast<bf16*>(out);
   const bf16* x = reinterpret_cast<const bf16*>(qkv);
   switch (s.D) {
-    case 32: launch_forward<32>(o, lse, x, n, stream); break;
-    case 64: launch_forward<64>(o, lse, x, n, stream); break;
-    case 128: launch_forward<128>(o, lse, x, n, stream); break;
+    case 32: launch_forward<32>(o, lse, x, l, stream); break;
+    case 64: launch_forward<64>(o, lse, x, l, stream); break;
+    case 128: launch_forward<128>(o, lse, x, l, stream); break;
   }
 }
 
 void attention_backward_mma(Bf16* dqkv, float* delta, const Bf16* dout, const Bf16* qkv, const Bf16* out,
                             const float* lse, const GpuAttentionShape& s, CUstream_st* stream) {
-  const LaunchDims n = check_shape(s, "attention_backward_mma");
+  const Launch l = check_shape(s, "attention_backward_mma");
   check_aligned(dqkv, "dqkv");
   check_aligned(dout, "dout");
   check_aligned(qkv, "qkv");
@@ -1091,9 +1295,9 @@ void attention_backward_mma(Bf16* dqkv, float* delta, const Bf16* dout, const Bf
   const bf16* x = reinterpret_cast<const bf16*>(qkv);
   const bf16* y = reinterpret_cast<const bf16*>(out);
   switch (s.D) {
-    case 32: launch_backward<32>(dx, delta, dy, x, y, lse, n, stream); break;
-    case 64: launch_backward<64>(dx, delta, dy, x, y, lse, n, stream); break;
-    case 128: launch_backward<128>(dx, delta, dy, x, y, lse, n, stream); break;
+    case 32: launch_backward<32>(dx, delta, dy, x, y, lse, l, stream); break;
+    case 64: launch_backward<64>(dx, delta, dy, x, y, lse, l, stream); break;
+    case 128: launch_backward<128>(dx, delta, dy, x, y, lse, l, stream); break;
   }
 }
 
