@@ -108,7 +108,7 @@ double bound(const std::vector<float>& ref, double fp32_bound = 1e-5) {
 
 template <typename T> void rmsnorm_case(std::int64_t C);
 void embedding_case(std::int64_t C);
-template <typename T> void rope_case(std::int64_t D);
+template <typename T> void rope_case(std::int64_t D, std::int64_t Hkv);
 template <typename T> void swiglu_case(std::int64_t F);
 template <typename T> void classifier_case(std::int64_t V);
 
@@ -158,43 +158,49 @@ void rmsnorm_case(std::int64_t C) {
 
 TYPED_TEST(GpuOp, RopeRotatesQueriesAndKeysAndInvertsExactly) {
   SLM_REQUIRE_GPU();
-  for (std::int64_t D : {16, 12}) rope_case<TypeParam>(D);
+  // multi-head, grouped and multi-query layouts; D = 16 takes the packed kernel (fp32 and bf16),
+  // D = 12 the packed one in fp32 and the plain one in bf16, D = 10 the plain one in both
+  for (std::int64_t D : {16, 12, 10})
+    for (std::int64_t Hkv : {6, 2, 1}) rope_case<TypeParam>(D, Hkv);
+}
+
+// The q columns (N, H·D) or k columns (N, Hkv·D) of qkv (N, H·D + 2·Hkv·D), and all of its v columns.
+std::vector<float> qkv_columns(const std::vector<float>& qkv, std::int64_t N, std::int64_t row, std::int64_t first,
+                               std::int64_t width) {
+  std::vector<float> r(static_cast<std::size_t>(N * width));
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t c = 0; c < width; ++c) r[n * width + c] = qkv[n * row + first + c];
+  return r;
 }
 
 template <typename T>
-void rope_case(std::int64_t D) {
-  SCOPED_TRACE(str("D = ", D));
-  const std::int64_t B = 3, Tn = 19, H = 5, C = H * D, N = B * Tn;
-  const auto qkv = as_stored<T>(randn(N * 3 * C, 5));
-  const RopeTable table = make_rope_table(10000.0, D, Tn);
-  GpuBuffer d_cos = upload<float>(table.cos), d_sin = upload<float>(table.sin), d_qkv = upload<T>(qkv);
-  rope_qk_cuda(d_qkv.as<T>(), d_cos.as<float>(), d_sin.as<float>(), B, Tn, H, D, RopeDirection::forward, nullptr);
-  const auto got = download<T>(d_qkv, N * 3 * C);
-  std::vector<std::int32_t> pos(Tn);
-  for (std::int64_t t = 0; t < Tn; ++t) pos[t] = static_cast<std::int32_t>(t);
-  for (int part = 0; part < 3; ++part) {
-    std::vector<float> in(N * C), ref(N * C), mine(N * C);
-    for (std::int64_t n = 0; n < N; ++n)
-      for (std::int64_t c = 0; c < C; ++c) {
-        in[n * C + c] = qkv[n * 3 * C + part * C + c];
-        mine[n * C + c] = got[n * 3 * C + part * C + c];
-      }
-    if (part < 2) rope_forward(ref.data(), in.data(), pos.data(), table, B, Tn, H, D);
-    else ref = in;   // v is not rotated
-    EXPECT_LT(rel(mine, ref), part < 2 ? bound<T>(ref) : 0.0 + 1e-12) << "part " << part;
-  }
-  // The inverse rotation is RoPE's backward: compare with the CPU's rope_backward on the same input.
-  GpuBuffer d_back = upload<T>(qkv);
-  rope_qk_cuda(d_back.as<T>(), d_cos.as<float>(), d_sin.as<float>(), B, Tn, H, D, RopeDirection::inverse, nullptr);
-  const auto back = download<T>(d_back, N * 3 * C);
-  std::vector<float> in(N * C), ref(N * C), mine(N * C);
-  for (std::int64_t n = 0; n < N; ++n)
-    for (std::int64_t c = 0; c < C; ++c) {
-      in[n * C + c] = qkv[n * 3 * C + C + c];   // the k part
-      mine[n * C + c] = back[n * 3 * C + C + c];
+void rope_case(std::int64_t D, std::int64_t Hkv) {
+  SCOPED_TRACE(str("D = ", D, ", Hkv = ", Hkv));
+  const GpuAttentionShape s{.B = 3, .T = 19, .H = 6, .D = D, .Hkv = Hkv};
+  const std::int64_t N = s.B * s.T, row = s.qkv_row(), H = s.H;
+  const auto qkv = as_stored<T>(randn(N * row, 5));
+  const RopeTable table = make_rope_table(10000.0, D, s.T);
+  std::vector<std::int32_t> pos(s.T);
+  for (std::int64_t t = 0; t < s.T; ++t) pos[t] = static_cast<std::int32_t>(t);
+  GpuBuffer d_cos = upload<float>(table.cos), d_sin = upload<float>(table.sin);
+  for (RopeDirection dir : {RopeDirection::forward, RopeDirection::inverse}) {
+    const bool fwd = dir == RopeDirection::forward;
+    GpuBuffer d_qkv = upload<T>(qkv);
+    rope_qk_cuda(d_qkv.as<T>(), d_cos.as<float>(), d_sin.as<float>(), s, dir, nullptr);
+    const auto got = download<T>(d_qkv, N * row);
+    // q: H heads from column 0; k: Hkv heads from column H·D; both rotated (the inverse is RoPE's
+    // backward, the CPU's rope_backward); v: untouched, exactly.
+    for (auto [first, heads] : {std::pair{std::int64_t{0}, H}, std::pair{H * D, Hkv}}) {
+      const auto in = qkv_columns(qkv, N, row, first, heads * D);
+      std::vector<float> ref(in.size());
+      if (fwd) rope_forward(ref.data(), in.data(), pos.data(), table, s.B, s.T, heads, D);
+      else rope_backward(ref.data(), in.data(), pos.data(), table, s.B, s.T, heads, D);
+      const auto mine = qkv_columns(got, N, row, first, heads * D);
+      EXPECT_LT(rel(mine, ref), bound<T>(ref)) << (first == 0 ? "q" : "k") << (fwd ? " forward" : " inverse");
     }
-  rope_backward(ref.data(), in.data(), pos.data(), table, B, Tn, H, D);
-  EXPECT_LT(rel(mine, ref), bound<T>(ref));
+    EXPECT_EQ(qkv_columns(got, N, row, (H + Hkv) * D, Hkv * D), qkv_columns(qkv, N, row, (H + Hkv) * D, Hkv * D))
+        << "v";
+  }
 }
 
 TYPED_TEST(GpuOp, SwigluForwardAndBackward) {

@@ -196,7 +196,7 @@ void forward(GpuModel::Impl& m, const std::int32_t* ids, const std::int32_t* tar
     gemm(m.gemm, buf<T>(a.qkv), buf<T>(a.ln1), weight<T>(m, SpecIndex::layer(l, kWq)), linear_shape(N, C, 3 * C),
          1.0f, 0.0f, s);   // q, k, v weights are consecutive in the arena: one (3C, C) matrix
     mark(m, "matmul qkv forward");
-    rope_qk_cuda(buf<T>(a.qkv), buf<float>(m.rope_cos), buf<float>(m.rope_sin), B, T_, H, D, RopeDirection::forward, s);
+    rope_qk_cuda(buf<T>(a.qkv), buf<float>(m.rope_cos), buf<float>(m.rope_sin), shape, RopeDirection::forward, s);
     mark(m, "rope forward");
     if constexpr (std::is_same_v<T, Bf16>) {
       if (mma) attention_forward_mma(buf<T>(a.attn), buf<float>(a.lse), buf<T>(a.qkv), shape, s);
@@ -304,8 +304,7 @@ void backward(GpuModel::Impl& m, const TokenGroups& groups, std::int64_t B, std:
                               buf<float>(a.lse), shape, s);
     }
     mark(m, "attention backward");
-    rope_qk_cuda(buf<T>(m.dqkv), buf<float>(m.rope_cos), buf<float>(m.rope_sin), B, T_, H, D, RopeDirection::inverse,
-                 s);
+    rope_qk_cuda(buf<T>(m.dqkv), buf<float>(m.rope_cos), buf<float>(m.rope_sin), shape, RopeDirection::inverse, s);
     mark(m, "rope backward");
     gemm(m.gemm, dln, buf<T>(m.dqkv), weight<T>(m, SpecIndex::layer(l, kWq)), linear_dx_shape(N, C, 3 * C), 1.0f, 0.0f,
          s);

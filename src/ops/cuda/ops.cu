@@ -220,36 +220,36 @@ __global__ void add_partials(float* dgain, const float* partials, std::int64_t C
 
 // ---- RoPE --------------------------------------------------------------------------------------
 
-// One thread per (token, head, pair); rotates the pair in q and in k.
+// The rows of qkv (N, H·D + 2·Hkv·D) begin with the H query heads and then the Hkv key heads, so
+// RoPE rotates the first (H + Hkv)·D columns of each row, head by head (`heads` = H + Hkv, `row` =
+// the row length). One thread per (token, head, pair).
 template <typename T>
 __global__ void rope_qk_thread_per_pair(T* qkv, const float* cos, const float* sin, std::int64_t N, std::int64_t T_,
-                                        std::int64_t H, std::int64_t D, float sign) {
+                                        std::int64_t heads, std::int64_t row, std::int64_t D, float sign) {
   const std::int64_t half = D / 2;
   const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= N * H * half) return;
-  const std::int64_t k = i % half, h = (i / half) % H, n = i / (half * H);
+  if (i >= N * heads * half) return;
+  const std::int64_t k = i % half, h = (i / half) % heads, n = i / (half * heads);
   const std::int64_t t = n % T_;
   const float c = cos[t * half + k], s = sign * sin[t * half + k];
-  const std::int64_t C = H * D;
-  for (int part = 0; part < 2; ++part) {   // q, then k
-    T* p = qkv + n * 3 * C + part * C + h * D + 2 * k;
-    const float x0 = load_f(p), x1 = load_f(p + 1);
-    store_f(p, x0 * c - x1 * s);
-    store_f(p + 1, x0 * s + x1 * c);
-  }
+  T* p = qkv + n * row + h * D + 2 * k;
+  const float x0 = load_f(p), x1 = load_f(p + 1);
+  store_f(p, x0 * c - x1 * s);
+  store_f(p + 1, x0 * s + x1 * c);
 }
 
-// The same, one 16-byte pack of q or k per thread (D a multiple of the pack).
+// The same, one 16-byte pack of q or k per thread (D a multiple of the pack, so packs never
+// straddle two heads).
 template <typename T>
 __global__ void rope_qk_packed(T* qkv, const float* cos, const float* sin, std::int64_t N, std::int64_t T_,
-                               std::int64_t H, std::int64_t D, float sign) {
+                               std::int64_t heads, std::int64_t row, std::int64_t D, float sign) {
   constexpr int P = Pack<T>::n;
-  const std::int64_t C = H * D, packs_per_part = C / P;
+  const std::int64_t packs_per_row = heads * D / P;
   const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= N * 2 * packs_per_part) return;
-  const std::int64_t n = i / (2 * packs_per_part), part = (i / packs_per_part) % 2, c0 = (i % packs_per_part) * P;
+  if (i >= N * packs_per_row) return;
+  const std::int64_t n = i / packs_per_row, c0 = (i % packs_per_row) * P;
   const std::int64_t half = D / 2, k0 = (c0 % D) / 2, t = n % T_;
-  T* p = qkv + n * 3 * C + part * C + c0;
+  T* p = qkv + n * row + c0;
   const Pack<T> v = load_pack(p);
   Pack<T> o;
 #pragma unroll
@@ -514,17 +514,19 @@ void rmsnorm_backward_cuda(float* dx, T* dx_copy, float* dgain, float* partials,
 }
 
 template <typename T>
-void rope_qk_cuda(T* qkv, const float* cos, const float* sin, std::int64_t B, std::int64_t T_, std::int64_t H,
-                  std::int64_t D, RopeDirection dir, CUstream_st* stream) {
-  const std::int64_t pairs = B * T_ * H * (D / 2);
-  if (pairs == 0) return;
+void rope_qk_cuda(T* qkv, const float* cos, const float* sin, const GpuAttentionShape& s, RopeDirection dir,
+                  CUstream_st* stream) {
+  check_attention_shape(s, "rope_qk_cuda");
+  SLM_CHECK(s.D % 2 == 0, "RoPE rotates pairs: the head dim D = ", s.D, " must be even");
+  const std::int64_t N = s.B * s.T, heads = s.H + s.kv_heads(), row = s.qkv_row(), D = s.D;
   const float sign = dir == RopeDirection::forward ? 1.0f : -1.0f;
   constexpr int P = Pack<device_t<T>>::n;
-  if (D % P == 0 && aligned16(qkv)) {
-    const std::int64_t threads = B * T_ * 2 * (H * D / P);
-    rope_qk_packed<<<blocks_for(threads, 256), 256, 0, stream>>>(dev(qkv), cos, sin, B * T_, T_, H, D, sign);
+  if (D % P == 0 && aligned16(qkv)) {   // then every row and head starts on 16 bytes too
+    rope_qk_packed<<<blocks_for(N * heads * D / P, 256), 256, 0, stream>>>(dev(qkv), cos, sin, N, s.T, heads, row, D,
+                                                                          sign);
   } else {
-    rope_qk_thread_per_pair<<<blocks_for(pairs, 256), 256, 0, stream>>>(dev(qkv), cos, sin, B * T_, T_, H, D, sign);
+    rope_qk_thread_per_pair<<<blocks_for(N * heads * (D / 2), 256), 256, 0, stream>>>(dev(qkv), cos, sin, N, s.T,
+                                                                                     heads, row, D, sign);
   }
   SLM_CUDA_LAUNCH_CHECK();
 }
@@ -582,8 +584,8 @@ void convert_cuda(T* dst, const float* src, std::int64_t n, CUstream_st* stream)
                                         CUstream_st*);                                                          \
   template void rmsnorm_backward_cuda<T>(float*, T*, float*, float*, const float*, const float*, const float*,    \
                                          const float*, std::int64_t, std::int64_t, CUstream_st*);              \
-  template void rope_qk_cuda<T>(T*, const float*, const float*, std::int64_t, std::int64_t, std::int64_t,         \
-                                std::int64_t, RopeDirection, CUstream_st*);                                     \
+  template void rope_qk_cuda<T>(T*, const float*, const float*, const GpuAttentionShape&, RopeDirection,          \
+                                CUstream_st*);                                                                  \
   template void swiglu_forward_cuda<T>(T*, const T*, std::int64_t, std::int64_t, CUstream_st*);                  \
   template void swiglu_backward_cuda<T>(T*, const T*, const T*, std::int64_t, std::int64_t, CUstream_st*);       \
   template void classifier_cuda<T>(T*, float*, const std::int32_t*, std::int64_t, std::int64_t, float,           \

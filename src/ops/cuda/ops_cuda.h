@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "ops/cuda/attention_cuda.h"
 #include "tensor/bf16.h"
 
 struct CUstream_st;
@@ -47,12 +48,15 @@ template <typename T>
 void rmsnorm_backward_cuda(float* dx, T* dx_copy, float* dgain, float* partials, const float* dy, const float* x,
                            const float* gain, const float* rstd, std::int64_t N, std::int64_t C, CUstream_st* stream);
 
-// RoPE on the q and k parts of qkv (B, T, 3, H, D), in place; cos/sin (T, D/2) tables on the device.
-// inverse = true rotates by −angle (backward on dqkv).
+// RoPE on the q and k parts of qkv (B, T, H·D + 2·Hkv·D), the fused projection's layout of
+// attention_cuda.h (only s's B, T, H, Hkv and D are read), in place: the H query heads and the Hkv
+// key heads, the values untouched. cos/sin (≥ T, D/2) tables on the device, position t of a
+// sequence at row t. RopeDirection::inverse rotates by −angle (backward, on dqkv). A layer without
+// RoPE simply does not call it.
 enum class RopeDirection { forward, inverse };
 template <typename T>
-void rope_qk_cuda(T* qkv, const float* cos, const float* sin, std::int64_t B, std::int64_t T_, std::int64_t H,
-                  std::int64_t D, RopeDirection dir, CUstream_st* stream);
+void rope_qk_cuda(T* qkv, const float* cos, const float* sin, const GpuAttentionShape& s, RopeDirection dir,
+                  CUstream_st* stream);
 
 // The SwiGLU gate on the fused up-projection: ab (N, 2F) holds a = W1 x in its first F columns and
 // b = W3 x in its last F (one matrix product makes both); h (N, F) = silu(a) ⊙ b.
