@@ -109,6 +109,7 @@ double bound(const std::vector<float>& ref, double fp32_bound = 1e-5) {
 template <typename T> void rmsnorm_case(std::int64_t C);
 void embedding_case(std::int64_t C);
 template <typename T> void rope_case(std::int64_t D, std::int64_t Hkv);
+template <typename T> void qk_norm_case(std::int64_t D, std::int64_t Hkv);
 template <typename T> void swiglu_case(std::int64_t F);
 template <typename T> void classifier_case(std::int64_t V);
 
@@ -201,6 +202,72 @@ void rope_case(std::int64_t D, std::int64_t Hkv) {
     EXPECT_EQ(qkv_columns(got, N, row, (H + Hkv) * D, Hkv * D), qkv_columns(qkv, N, row, (H + Hkv) * D, Hkv * D))
         << "v";
   }
+}
+
+// QK-norm: q and k of each head normalised over its D values, in place in qkv, against the CPU's
+// rmsnorm_forward/backward over (N·H, D) rows of q and (N·Hkv, D) rows of k; the backward takes the
+// raw values and rstd the forward saved, as the model will. D = 12 and 40 leave lanes idle.
+TYPED_TEST(GpuOp, QkNormForwardAndBackwardPerHead) {
+  SLM_REQUIRE_GPU();
+  for (auto [D, Hkv] : {std::pair<std::int64_t, std::int64_t>{16, 2}, {12, 6}, {40, 1}}) qk_norm_case<TypeParam>(D, Hkv);
+}
+
+template <typename T>
+void qk_norm_case(std::int64_t D, std::int64_t Hkv) {
+  SCOPED_TRACE(str("D = ", D, ", Hkv = ", Hkv));
+  const GpuAttentionShape s{.B = 2, .T = 13, .H = 6, .D = D, .Hkv = Hkv};
+  const std::int64_t N = s.B * s.T, row = s.qkv_row(), H = s.H, heads = H + Hkv;
+  const auto qkv = as_stored<T>(randn(N * row, 11, 2.0f)), dy = as_stored<T>(randn(N * row, 12));
+  std::vector<float> q_gain = randn(D, 13, 0.3f), k_gain = randn(D, 14, 0.3f);
+  for (float& g : q_gain) g += 1.0f;
+  for (float& g : k_gain) g += 1.0f;
+  GpuBuffer d_qkv = upload<T>(qkv), d_raw = upload<T>(std::vector<float>(N * heads * D, NAN));
+  GpuBuffer d_rstd = upload<float>(std::vector<float>(N * heads, NAN));
+  GpuBuffer d_qg = upload<float>(q_gain), d_kg = upload<float>(k_gain);
+  qk_norm_forward_cuda(d_qkv.as<T>(), d_raw.as<T>(), d_rstd.as<float>(), d_qg.as<float>(), d_kg.as<float>(), s,
+                       nullptr);
+  const auto got = download<T>(d_qkv, N * row), raw = download<T>(d_raw, N * heads * D);
+  const auto rstd = download<float>(d_rstd, N * heads);
+  EXPECT_EQ(raw, qkv_columns(qkv, N, row, 0, heads * D)) << "the raw q and k, exactly";
+  EXPECT_EQ(qkv_columns(got, N, row, heads * D, Hkv * D), qkv_columns(qkv, N, row, heads * D, Hkv * D)) << "v";
+
+  // Per part (q: H heads from column 0; k: Hkv heads from column H·D) the CPU op on (N·heads, D).
+  GpuBuffer d_dqkv = upload<T>(dy), d_dqg = upload<float>(std::vector<float>(D, 0.5f));
+  GpuBuffer d_dkg = upload<float>(std::vector<float>(D, 0.5f)), d_partials(2 * kRmsnormPartials * D * 4);
+  qk_norm_backward_cuda(d_dqkv.as<T>(), d_dqg.as<float>(), d_dkg.as<float>(), d_partials.as<float>(), d_raw.as<T>(),
+                        d_rstd.as<float>(), d_qg.as<float>(), d_kg.as<float>(), s, nullptr);
+  const auto dgot = download<T>(d_dqkv, N * row);
+  const std::vector<float> dgain_got[2] = {download<float>(d_dqg, D), download<float>(d_dkg, D)};
+  for (int part = 0; part < 2; ++part) {
+    const std::int64_t first = part == 0 ? 0 : H * D, nh = part == 0 ? H : Hkv;
+    const std::vector<float>& gain = part == 0 ? q_gain : k_gain;
+    const char* name = part == 0 ? "q" : "k";
+    const auto x = qkv_columns(qkv, N, row, first, nh * D);
+    std::vector<float> y(x.size()), r(static_cast<std::size_t>(N * nh));
+    rmsnorm_forward(y.data(), r.data(), x.data(), gain.data(), N * nh, D);
+    EXPECT_LT(rel(qkv_columns(got, N, row, first, nh * D), y), bound<T>(y)) << name;
+    std::vector<float> r_got(r.size());   // (N, heads) → this part's (N·nh)
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t h = 0; h < nh; ++h) r_got[n * nh + h] = rstd[n * heads + (part == 0 ? 0 : H) + h];
+    EXPECT_LT(rel(r_got, r), 1e-6) << name;
+
+    const auto dy_part = qkv_columns(dy, N, row, first, nh * D);
+    std::vector<float> dx(x.size()), dgain(D, 0.5f);
+    rmsnorm_backward(dx.data(), dgain.data(), dy_part.data(), x.data(), gain.data(), r.data(), N * nh, D,
+                     Accumulate::no);
+    EXPECT_LT(rel(qkv_columns(dgot, N, row, first, nh * D), dx), bound<T>(dx)) << name;
+    EXPECT_LT(rel(dgain_got[part], dgain), 1e-5) << name;   // both accumulate onto 0.5
+  }
+  EXPECT_EQ(qkv_columns(dgot, N, row, heads * D, Hkv * D), qkv_columns(dy, N, row, heads * D, Hkv * D)) << "dv";
+
+  // The dgain sums repeat bit for bit.
+  GpuBuffer d_again = upload<T>(dy), d_dqg2 = upload<float>(std::vector<float>(D, 0.5f));
+  GpuBuffer d_dkg2 = upload<float>(std::vector<float>(D, 0.5f));
+  qk_norm_backward_cuda(d_again.as<T>(), d_dqg2.as<float>(), d_dkg2.as<float>(), d_partials.as<float>(),
+                        d_raw.as<T>(), d_rstd.as<float>(), d_qg.as<float>(), d_kg.as<float>(), s, nullptr);
+  EXPECT_EQ(download<float>(d_dqg2, D), dgain_got[0]);
+  EXPECT_EQ(download<float>(d_dkg2, D), dgain_got[1]);
+  EXPECT_EQ(download<T>(d_again, N * row), dgot);
 }
 
 TYPED_TEST(GpuOp, SwigluForwardAndBackward) {

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "ops/cuda/ops_cuda.h"
+#include "ops/rmsnorm.h"
 #include "tensor/cuda/cuda_check.cuh"
 
 namespace scratchlm {
@@ -215,6 +216,99 @@ __global__ void add_partials(float* dgain, const float* partials, std::int64_t C
     float t = 0.0f;
     for (int r = 0; r < 8; ++r) t += lane_sums[r][threadIdx.x];
     dgain[c] += t;
+  }
+}
+
+// ---- QK-norm -----------------------------------------------------------------------------------
+
+// RMSNorm of each head's D values of q and k inside qkv (N, H·D + 2·Hkv·D): `rows` = N·(H + Hkv)
+// rows of D, row r the head hh = r % (H + Hkv) of token r / (H + Hkv) (query heads first, then key
+// heads, as they lie in qkv). One warp per row, each lane its D/32 of the row in registers.
+constexpr int kQkNormPerLane = 8;   // D ≤ 256
+
+struct QkRows {
+  std::int64_t rows, heads, H, row_len;   // N·(H + Hkv), H + Hkv, H, H·D + 2·Hkv·D
+  int D;
+  __device__ std::int64_t offset(std::int64_t r) const { return (r / heads) * row_len + (r % heads) * D; }
+  __device__ bool is_q(std::int64_t r) const { return r % heads < H; }
+};
+
+template <typename T>
+__global__ void qk_norm_forward_warp_per_row(T* qkv, T* qk_raw, float* rstd, const float* q_gain,
+                                             const float* k_gain, QkRows q) {
+  const std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.y;
+  if (r >= q.rows) return;
+  T* x = qkv + q.offset(r);
+  const float* gain = q.is_q(r) ? q_gain : k_gain;
+  float v[kQkNormPerLane];
+  float ss = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kQkNormPerLane; ++i) {
+    const int d = threadIdx.x + 32 * i;
+    v[i] = d < q.D ? load_f(x + d) : 0.0f;
+    ss += v[i] * v[i];
+  }
+  ss = warp_sum(ss);
+  const float rs = rsqrtf(ss / static_cast<float>(q.D) + kRmsNormEps);   // eps inside the root, as the CPU
+  if (threadIdx.x == 0) rstd[r] = rs;
+#pragma unroll
+  for (int i = 0; i < kQkNormPerLane; ++i) {
+    const int d = threadIdx.x + 32 * i;
+    if (d < q.D) {
+      store_f(qk_raw + r * q.D + d, v[i]);   // exactly the stored value: v came from T
+      store_f(x + d, v[i] * rs * gain[d]);
+    }
+  }
+}
+
+// dx = rstd · (g − x̂ · mean(g ⊙ x̂)), g = dy ⊙ gain, x̂ = x · rstd, in place of dy in dqkv; and the
+// block's share of dgain = Σ dy ⊙ x̂, q heads and k heads apart: each lane sums its own columns
+// over the warp's rows in order (registers), then the block's 8 warps in order (shared memory) into
+// partials (2, kRmsnormPartials, D): q's at [0][block], k's at [1][block].
+template <typename T>
+__global__ void qk_norm_backward_fused(T* dqkv, float* partials, const T* qk_raw, const float* rstd,
+                                       const float* q_gain, const float* k_gain, QkRows q) {
+  __shared__ float warp_sums[kWarpsPerBlock][2][32 * kQkNormPerLane];
+  float acc_q[kQkNormPerLane] = {}, acc_k[kQkNormPerLane] = {};
+  const std::int64_t rows_per_block = (q.rows + gridDim.x - 1) / gridDim.x;
+  const std::int64_t begin = blockIdx.x * rows_per_block, end = min(q.rows, begin + rows_per_block);
+  for (std::int64_t r = begin + threadIdx.y; r < end; r += kWarpsPerBlock) {
+    T* dy_row = dqkv + q.offset(r);
+    const T* x_row = qk_raw + r * q.D;
+    const bool is_q = q.is_q(r);   // warp-uniform
+    const float* gain = is_q ? q_gain : k_gain;
+    const float rs = rstd[r];
+    float dy[kQkNormPerLane], xhat[kQkNormPerLane], g[kQkNormPerLane];
+    float dot = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kQkNormPerLane; ++i) {
+      const int d = threadIdx.x + 32 * i;
+      const bool in = d < q.D;
+      dy[i] = in ? load_f(dy_row + d) : 0.0f;
+      xhat[i] = in ? load_f(x_row + d) * rs : 0.0f;
+      g[i] = in ? gain[d] : 0.0f;
+      dot += dy[i] * g[i] * xhat[i];
+    }
+    const float mean = warp_sum(dot) / static_cast<float>(q.D);
+#pragma unroll
+    for (int i = 0; i < kQkNormPerLane; ++i) {
+      const int d = threadIdx.x + 32 * i;
+      if (d < q.D) store_f(dy_row + d, rs * (dy[i] * g[i] - xhat[i] * mean));
+      if (is_q) acc_q[i] += dy[i] * xhat[i];
+      else acc_k[i] += dy[i] * xhat[i];
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kQkNormPerLane; ++i) {
+    warp_sums[threadIdx.y][0][threadIdx.x + 32 * i] = acc_q[i];
+    warp_sums[threadIdx.y][1][threadIdx.x + 32 * i] = acc_k[i];
+  }
+  __syncthreads();
+  for (int c = threadIdx.y * 32 + threadIdx.x; c < 2 * q.D; c += 32 * kWarpsPerBlock) {
+    const int part = c / q.D, d = c % q.D;
+    float sum = 0.0f;
+    for (int w = 0; w < kWarpsPerBlock; ++w) sum += warp_sums[w][part][d];
+    partials[(part * kRmsnormPartials + blockIdx.x) * q.D + d] = sum;
   }
 }
 
@@ -513,6 +607,39 @@ void rmsnorm_backward_cuda(float* dx, T* dx_copy, float* dgain, float* partials,
   SLM_CUDA_LAUNCH_CHECK();
 }
 
+QkRows qk_rows(const GpuAttentionShape& s, const char* op) {
+  check_attention_shape(s, op);
+  SLM_CHECK(s.D <= 32 * kQkNormPerLane, op, ": head dims up to ", 32 * kQkNormPerLane, ", not D = ", s.D);
+  return {.rows = s.B * s.T * (s.H + s.kv_heads()),
+          .heads = s.H + s.kv_heads(),
+          .H = s.H,
+          .row_len = s.qkv_row(),
+          .D = static_cast<int>(s.D)};
+}
+
+template <typename T>
+void qk_norm_forward_cuda(T* qkv, T* qk_raw, float* rstd, const float* q_gain, const float* k_gain,
+                          const GpuAttentionShape& s, CUstream_st* stream) {
+  const QkRows q = qk_rows(s, "qk_norm_forward_cuda");
+  qk_norm_forward_warp_per_row<<<blocks_for(q.rows, kWarpsPerBlock), dim3(32, kWarpsPerBlock), 0, stream>>>(
+      dev(qkv), dev(qk_raw), rstd, q_gain, k_gain, q);
+  SLM_CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
+void qk_norm_backward_cuda(T* dqkv, float* q_dgain, float* k_dgain, float* partials, const T* qk_raw,
+                           const float* rstd, const float* q_gain, const float* k_gain, const GpuAttentionShape& s,
+                           CUstream_st* stream) {
+  const QkRows q = qk_rows(s, "qk_norm_backward_cuda");
+  qk_norm_backward_fused<<<kRmsnormPartials, dim3(32, kWarpsPerBlock), 0, stream>>>(dev(dqkv), partials, dev(qk_raw),
+                                                                                  rstd, q_gain, k_gain, q);
+  SLM_CUDA_LAUNCH_CHECK();
+  add_partials<<<blocks_for(s.D, 32), dim3(32, 8), 0, stream>>>(q_dgain, partials, s.D);
+  SLM_CUDA_LAUNCH_CHECK();
+  add_partials<<<blocks_for(s.D, 32), dim3(32, 8), 0, stream>>>(k_dgain, partials + kRmsnormPartials * s.D, s.D);
+  SLM_CUDA_LAUNCH_CHECK();
+}
+
 template <typename T>
 void rope_qk_cuda(T* qkv, const float* cos, const float* sin, const GpuAttentionShape& s, RopeDirection dir,
                   CUstream_st* stream) {
@@ -586,6 +713,10 @@ void convert_cuda(T* dst, const float* src, std::int64_t n, CUstream_st* stream)
                                          const float*, std::int64_t, std::int64_t, CUstream_st*);              \
   template void rope_qk_cuda<T>(T*, const float*, const float*, const GpuAttentionShape&, RopeDirection,          \
                                 CUstream_st*);                                                                  \
+  template void qk_norm_forward_cuda<T>(T*, T*, float*, const float*, const float*, const GpuAttentionShape&,     \
+                                        CUstream_st*);                                                          \
+  template void qk_norm_backward_cuda<T>(T*, float*, float*, float*, const T*, const float*, const float*,        \
+                                         const float*, const GpuAttentionShape&, CUstream_st*);                \
   template void swiglu_forward_cuda<T>(T*, const T*, std::int64_t, std::int64_t, CUstream_st*);                  \
   template void swiglu_backward_cuda<T>(T*, const T*, const T*, std::int64_t, std::int64_t, CUstream_st*);       \
   template void classifier_cuda<T>(T*, float*, const std::int32_t*, std::int64_t, std::int64_t, float,           \

@@ -48,6 +48,24 @@ template <typename T>
 void rmsnorm_backward_cuda(float* dx, T* dx_copy, float* dgain, float* partials, const float* dy, const float* x,
                            const float* gain, const float* rstd, std::int64_t N, std::int64_t C, CUstream_st* stream);
 
+// QK-norm (model field "qk_norm"): RMSNorm over each head's D values of q and of k inside qkv
+// (B, T, H·D + 2·Hkv·D; attention_cuda.h's layout, only s's B, T, H, Hkv, D read), with gains of D
+// shared by the heads, q_gain for the H query heads and k_gain for the Hkv key heads: the CPU's
+// rmsnorm_forward over (N·H, D) rows of q and (N·Hkv, D) rows of k. The model applies it before RoPE.
+// In place: qkv's q and k columns become the normalised values (RoPE and attention read them
+// there; v is untouched); for the backward the raw values are copied to qk_raw (N, (H + Hkv)·D) in
+// T and rstd (N, H + Hkv) is saved, the query heads of a token first. D ≤ 256.
+template <typename T>
+void qk_norm_forward_cuda(T* qkv, T* qk_raw, float* rstd, const float* q_gain, const float* k_gain,
+                          const GpuAttentionShape& s, CUstream_st* stream);
+// Backward, in place on dqkv: its q and k columns hold the gradients of the normalised values and
+// become those of the raw ones (v untouched). q_dgain, k_dgain (D) += Σ over tokens and heads of
+// dy·x·rstd, through `partials` (2 × kRmsnormPartials × D floats of scratch), in a fixed order.
+template <typename T>
+void qk_norm_backward_cuda(T* dqkv, float* q_dgain, float* k_dgain, float* partials, const T* qk_raw,
+                           const float* rstd, const float* q_gain, const float* k_gain, const GpuAttentionShape& s,
+                           CUstream_st* stream);
+
 // RoPE on the q and k parts of qkv (B, T, H·D + 2·Hkv·D), the fused projection's layout of
 // attention_cuda.h (only s's B, T, H, Hkv and D are read), in place: the H query heads and the Hkv
 // key heads, the values untouched. cos/sin (≥ T, D/2) tables on the device, position t of a
