@@ -1,6 +1,10 @@
 // Times the bf16 tensor-core attention kernels (attention_forward_mma / attention_backward_mma) at
-// a few training shapes: random inputs in the packed qkv layout, cudaEvent timing, 3 warm-up runs
-// and the median of 20. TFLOP/s count causal FLOPs: forward 4·B·H·T²·D / 2, backward 2.5× that.
+// a few training shapes and at the issue-6 variants: grouped-query heads (Hkv < H), sliding windows
+// (W) and logit soft-capping (c). Random inputs in the packed qkv layout, cudaEvent timing, 3
+// warm-up runs and the median of 20. TFLOP/s count only the FLOPs of the visible band (the causal
+// triangle, or the window's band): forward 4·D per visible (query, key) pair, backward 2.5× that
+// (attention_visible_pairs) — so a kernel that skips the tiles outside a window keeps its TFLOP/s,
+// and one that computed them and masked would show it dropping as W shrinks. tok/s: B·T / (fwd + bwd).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -61,16 +65,32 @@ double median_ms(F&& f) {
 }  // namespace
 
 int main() {
-  struct Shape {
-    std::int64_t B, H, T, D;
+  const GpuAttentionShape shapes[] = {
+      // the default model's shapes
+      {.B = 32, .T = 1024, .H = 12, .D = 64},
+      {.B = 128, .T = 256, .H = 16, .D = 32},
+      {.B = 8, .T = 4096, .H = 16, .D = 128},
+      {.B = 1, .T = 16384, .H = 16, .D = 64},
+      // grouped-query attention: the same FLOPs as H = 16 heads, a quarter / a sixteenth of the K, V
+      {.B = 8, .T = 2048, .H = 16, .D = 64},
+      {.B = 8, .T = 2048, .H = 16, .D = 64, .Hkv = 4},
+      {.B = 8, .T = 2048, .H = 16, .D = 64, .Hkv = 1},
+      // sliding windows at T = 4096: full causal, then W = 1024 and 256
+      {.B = 8, .T = 4096, .H = 16, .D = 64},
+      {.B = 8, .T = 4096, .H = 16, .D = 64, .window = 1024},
+      {.B = 8, .T = 4096, .H = 16, .D = 64, .window = 256},
+      {.B = 8, .T = 4096, .H = 16, .D = 128, .window = 1024},
+      {.B = 8, .T = 4096, .H = 16, .D = 128, .window = 256},
+      // soft-capping (Gemma 2's c = 50), and everything at once
+      {.B = 8, .T = 4096, .H = 16, .D = 64, .softcap = 50.0f},
+      {.B = 8, .T = 4096, .H = 16, .D = 64, .Hkv = 4, .window = 1024, .softcap = 50.0f},
   };
-  const Shape shapes[] = {{32, 12, 1024, 64}, {128, 16, 256, 32}, {8, 16, 4096, 128}, {1, 16, 16384, 64}};
-  std::printf("%-26s %10s %10s %10s %10s\n", "shape (B,H,T,D)", "fwd ms", "fwd TF/s", "bwd ms", "bwd TF/s");
-  for (const Shape& sh : shapes) {
-    const std::int64_t N = sh.B * sh.T, C = sh.H * sh.D;
-    const GpuAttentionShape s{sh.B, sh.T, sh.H, sh.D};
-    GpuBuffer qkv = random_bf16(N * 3 * C, 1), dout = random_bf16(N * C, 2);
-    GpuBuffer out(N * C * 2), dqkv(N * 3 * C * 2), lse(sh.B * sh.H * sh.T * 4), delta(sh.B * sh.H * sh.T * 4);
+  std::printf("%-36s %9s %9s %9s %9s %11s\n", "shape (B,T,H,Hkv,D) W c", "fwd ms", "fwd TF/s", "bwd ms", "bwd TF/s",
+              "Mtok/s");
+  for (const GpuAttentionShape& s : shapes) {
+    const std::int64_t N = s.B * s.T, C = s.H * s.D, row = s.qkv_row(), BHT = s.B * s.H * s.T;
+    GpuBuffer qkv = random_bf16(N * row, 1), dout = random_bf16(N * C, 2);
+    GpuBuffer out(N * C * 2), dqkv(N * row * 2), lse(BHT * 4), delta(BHT * 4);
     const double fwd = median_ms([&] {
       attention_forward_mma(out.as<Bf16>(), lse.as<float>(), qkv.as<Bf16>(), s, nullptr);
     });
@@ -78,12 +98,14 @@ int main() {
       attention_backward_mma(dqkv.as<Bf16>(), delta.as<float>(), dout.as<Bf16>(), qkv.as<Bf16>(), out.as<Bf16>(),
                              lse.as<float>(), s, nullptr);
     });
-    check(cudaGetLastError(), "kernels");
-    const double flops = 4.0 * sh.B * sh.H * double(sh.T) * sh.T * sh.D / 2;
-    char name[64];
-    std::snprintf(name, sizeof name, "(%lld,%lld,%lld,%lld)", (long long)sh.B, (long long)sh.H, (long long)sh.T,
-                  (long long)sh.D);
-    std::printf("%-26s %10.3f %10.1f %10.3f %10.1f\n", name, fwd, flops / fwd * 1e-9, bwd, 2.5 * flops / bwd * 1e-9);
+    check(cudaDeviceSynchronize(), "kernels");
+    const double flops = 4.0 * static_cast<double>(s.D) * attention_visible_pairs(s);
+    char name[80];
+    std::snprintf(name, sizeof name, "(%lld,%lld,%lld,%lld,%lld) %lld %g", (long long)s.B, (long long)s.T,
+                  (long long)s.H, (long long)s.kv_heads(), (long long)s.D, (long long)s.window,
+                  static_cast<double>(s.softcap));
+    std::printf("%-36s %9.3f %9.1f %9.3f %9.1f %11.2f\n", name, fwd, flops / fwd * 1e-9, bwd,
+                2.5 * flops / bwd * 1e-9, static_cast<double>(N) / (fwd + bwd) * 1e-3);
   }
   return 0;
 }
