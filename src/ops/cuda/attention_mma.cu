@@ -955,7 +955,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   for (int it = 0; it < iterations; ++it) {
     const int buf = it % 2;
     int next_hg = hg, next_m = m + 1;
-    if (next_m == m_end) next_hg = hg + 1, next_m = m_first;
+    if (next_m == m_end) {   // the next head of the group, from its first tile
+      next_hg = hg + 1;
+      next_m = m_first;
+    }
     if (it + 1 < iterations) {
       load_query_tile(next_hg, next_m, 1 - buf);
       cp_async_commit();
