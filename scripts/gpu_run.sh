@@ -8,6 +8,8 @@
 #   profile the time per part of one step of each benchmark model;
 #   parity  bench/train_gpu/parity.sh: CPU fp32 vs GPU bf16 validation losses on Gutenberg tokens;
 #   ttl     bench/train_gpu/time_to_loss.sh: validation loss against training time, ours and torch.compile.
+#   wgmma   bench/attention/wgmma_lab.sh: the staged wgmma attention lab (needs only
+#           build/scratchlm_wgmma_lab, or the staged build; see bench/attention/WGMMA_NOTES.md).
 # parity and ttl need the token files of scripts/prepare_gutenberg.sh in .device/data.
 # Logs and the fixtures written go to $OUT (when set) for the caller to keep.
 set -uo pipefail
@@ -16,7 +18,7 @@ what=${1:-tests,bench,parity}
 out=${OUT:-/tmp/scratchlm-gpu}
 mkdir -p "$out"
 status=0
-if [[ ! -d .device/build ]]; then tar -C .device -xJf .device/build.tar.xz; fi
+if [[ ! -d .device/build && -f .device/build.tar.xz ]]; then tar -C .device -xJf .device/build.tar.xz; fi
 export BENCH_BUILD=.device/build
 if [[ ",$what," == *,tests,* ]]; then
   PYTHONUNBUFFERED=1 python3 reference/torch_bf16_errors.py tests/data/reference/lm-small > "$out/torch_bf16_errors.log" 2>&1 \
@@ -38,6 +40,9 @@ fi
 if [[ ",$what," == *,parity,* ]]; then
   bench/train_gpu/parity.sh 2>&1 | tee "$out/parity.log" | tail -14 || status=1
   cp runs/parity-cpu/metrics.jsonl "$out/parity_cpu_metrics.jsonl"; cp runs/parity-gpu/metrics.jsonl "$out/parity_gpu_metrics.jsonl"
+fi
+if [[ ",$what," == *,wgmma,* ]]; then
+  bench/attention/wgmma_lab.sh "" 2>&1 | tee "$out/wgmma_lab.log" | tail -80 || status=1
 fi
 if [[ ",$what," == *,ttl,* ]]; then
   bench/train_gpu/time_to_loss.sh 2>&1 | tee "$out/ttl.log" | tail -12 || status=1
