@@ -196,7 +196,9 @@ TEST(Accounting, GroupedQueryAndWindowedAttentionByHand) {
   // At T = 32 < W the window holds every key: the same as full attention, 2·32·32·512·2.
   const Accounting short_seq = compute_accounting(c, 1, 32);
   for (const MatmulFlops& m : short_seq.forward)
-    if (m.name.rfind("scores", 0) == 0) EXPECT_EQ(m.per_sequence, 2.0 * 32 * 32 * 512 * 2) << m.name;
+    if (m.name.rfind("scores", 0) == 0) {
+      EXPECT_EQ(m.per_sequence, 2.0 * 32 * 32 * 512 * 2) << m.name;
+    }
   // Head size of its own: H 4, D 48 (Q 192 ≠ C 128), Hkv 1 (K 48); learned positions (256·128).
   ModelConfig d = shape(1000, 256, 128, 2, 4, 384);
   d.head_dim = 48;
