@@ -1,6 +1,7 @@
 // Resource accounting (model/accounting.h) against numbers derived independently: the GPT-2 XL
 // figures of CS336's resource-accounting question, the parameter table that sizes the real arena
-// (param_layout), the buffers the CPU path really allocates (Activations::bytes), and the
+// (param_layout), the buffers the CPU path really allocates (Activations::bytes, KvCache::bytes), the
+// attention variants' counts worked out by hand, and the
 // `scratchlm accounting` command, including bad configs.
 #include <gtest/gtest.h>
 
@@ -83,11 +84,26 @@ TEST(Accounting, TrainFlopsPerTokenIsSixNPlusAttention) {
 }
 
 // Every shape with the SwiGLU feed-forward, with the plain MLP (no w3) and with tied embeddings (no
-// lm_head), which change the count.
+// lm_head), which change the count; and with the attention variants: grouped-query heads of their
+// own size, learned positions, a window interleaved with full layers, dropout.
 std::vector<ModelConfig> with_ffn_variants(std::vector<ModelConfig> shapes) {
   const std::size_t n = shapes.size();
   for (std::size_t i = 0; i < n; ++i) {
     ModelConfig c = shapes[i];
+    ModelConfig a = c;   // the attention side
+    a.num_kv_heads = c.num_heads / 2 > 0 && c.num_heads % 2 == 0 ? c.num_heads / 2 : 1;
+    a.head_dim = 2 * c.d_model / c.num_heads + 2;
+    a.position = Position::learned;
+    a.attention_window = c.context_length / 4 > 0 ? c.context_length / 4 : 1;
+    a.full_attention_every = c.num_layers;
+    a.dropout = 0.1;
+    validate(a, "attention variant");
+    shapes.push_back(a);
+    a.qk_norm = true;
+    a.position = Position::sinusoidal;
+    a.num_kv_heads = 1;
+    validate(a, "attention variant");
+    shapes.push_back(a);
     c.ffn = FfnKind::mlp;
     c.activation = Activation::relu2;
     shapes.push_back(c);
@@ -110,7 +126,13 @@ TEST(Accounting, ParametersMatchTheParamTable) {
     EXPECT_EQ(p.total, layout.total) << c.d_model;
     EXPECT_EQ(p.embedding, layout.find("token_embeddings.weight").numel());
     EXPECT_EQ(p.lm_head, c.tie_embeddings ? 0 : layout.find("lm_head.weight").numel());
-    EXPECT_EQ(p.attention_per_layer, 4 * layout.find("layers.0.attn.q_proj.weight").numel());
+    EXPECT_EQ(p.attention_per_layer, layout.find("layers.0.attn.q_proj.weight").numel() +
+                                         layout.find("layers.0.attn.k_proj.weight").numel() +
+                                         layout.find("layers.0.attn.v_proj.weight").numel() +
+                                         layout.find("layers.0.attn.output_proj.weight").numel());
+    EXPECT_EQ(p.position_embedding,
+              c.position == Position::learned ? layout.find("position_embeddings.weight").numel() : 0);
+    EXPECT_EQ(p.non_embedding, p.total - p.embedding - p.position_embedding);
     EXPECT_EQ(p.ffn_per_layer, layout.find("layers.0.ffn.w1.weight").numel() +
                                    layout.find("layers.0.ffn.w2.weight").numel() +
                                    (c.gated() ? layout.find("layers.0.ffn.w3.weight").numel() : 0));
@@ -129,6 +151,81 @@ TEST(Accounting, MemoryMatchesTheCpuActivations) {
         EXPECT_EQ(m.adamw_state, 8 * P);
         EXPECT_EQ(m.total, 16 * P + m.activations);
       }
+}
+
+TEST(Accounting, KvCacheMatchesTheCpuCache) {
+  for (const ModelConfig& c : with_ffn_variants({shape(300, 64, 32, 2, 4, 96), shape(257, 16, 8, 3, 2, 24)})) {
+    const KvCacheBytes kv = compute_accounting(c, 1, c.context_length).kv_cache;
+    EXPECT_EQ(kv.sequence_fp32, KvCache(c, c.context_length).bytes());
+    EXPECT_EQ(kv.sequence_bf16 * 2, kv.sequence_fp32);
+    EXPECT_EQ(kv.per_token_fp32, 2 * 4 * c.num_layers * c.kv_heads() * c.d_head());
+  }
+}
+
+TEST(Accounting, GroupedQueryAndWindowedAttentionByHand) {
+  // V 1,000, context 256, C 512, L 4, H 8, Hkv 2 (D 64, Q 512, K 128), F 1,344, W 64, full every 2
+  // (layers 1 and 3 full, 0 and 2 windowed); T = 256.
+  ModelConfig c = shape(1000, 256, 512, 4, 8, 1344);
+  c.num_kv_heads = 2;
+  c.attention_window = 64;
+  c.full_attention_every = 2;
+  const Accounting a = compute_accounting(c, 1, 256);
+  //   attention per layer: q 512·512 + k, v 2·128·512 + o 512·512 = 262,144·2 + 65,536·2 = 655,360
+  EXPECT_EQ(a.params.attention_per_layer, 655'360);
+  auto flops = [&](const std::string& name) {
+    for (const MatmulFlops& m : a.forward)
+      if (m.name == name) return m.per_sequence;
+    ADD_FAILURE() << "no " << name;
+    return 0.0;
+  };
+  EXPECT_EQ(flops("q_proj"), 536'870'912.0);         // 2·256·512·512·4
+  EXPECT_EQ(flops("k_proj"), 134'217'728.0);         // 2·256·512·128·4
+  EXPECT_EQ(flops("v_proj"), 134'217'728.0);
+  EXPECT_EQ(flops("output_proj"), 536'870'912.0);
+  EXPECT_EQ(flops("scores Q·K^T"), 134'217'728.0);   // full layers: 2·256·256·512·2
+  EXPECT_EQ(flops("mix P·V"), 134'217'728.0);
+  EXPECT_EQ(flops("scores Q·K^T, window"), 33'554'432.0);   // windowed: 2·256·64·512·2
+  EXPECT_EQ(flops("mix P·V, window"), 33'554'432.0);
+  // KV cache: K = 128 keys and values per position and layer, 4 bytes: 2·128·4·4 = 4,096 per token
+  // while every layer stores it, 2·128·2·4 = 2,048 past the window; one 256-token sequence
+  // 2·128·(2·256 + 2·64)·4 = 655,360 bytes in fp32, 327,680 in bf16.
+  EXPECT_EQ(a.kv_cache.per_token_fp32, 4096);
+  EXPECT_EQ(a.kv_cache.per_token_full_fp32, 2048);
+  EXPECT_EQ(a.kv_cache.sequence_fp32, 655'360);
+  EXPECT_EQ(a.kv_cache.sequence_bf16, 327'680);
+  // At T = 32 < W the window holds every key: the same as full attention, 2·32·32·512·2.
+  const Accounting short_seq = compute_accounting(c, 1, 32);
+  for (const MatmulFlops& m : short_seq.forward)
+    if (m.name.rfind("scores", 0) == 0) {
+      EXPECT_EQ(m.per_sequence, 2.0 * 32 * 32 * 512 * 2) << m.name;
+    }
+  // Head size of its own: H 4, D 48 (Q 192 ≠ C 128), Hkv 1 (K 48); learned positions (256·128).
+  ModelConfig d = shape(1000, 256, 128, 2, 4, 384);
+  d.head_dim = 48;
+  d.num_kv_heads = 1;
+  d.position = Position::learned;
+  const Accounting b = compute_accounting(d, 1, 256);
+  EXPECT_EQ(b.params.attention_per_layer, 128 * 192 * 2 + 128 * 48 * 2);   // 61,440
+  EXPECT_EQ(b.params.position_embedding, 256 * 128);
+  EXPECT_EQ(b.params.total, 2 * 1000 * 128 + 256 * 128 + 2 * (61'440 + 2 * 128 + 3 * 128 * 384) + 128);
+  // training FLOPs per token: 6·(matmul weights) + 12·T·Q·L (attention, full layers)
+  const double weights = 2 * (61'440 + 3 * 128 * 384) + 1000 * 128;
+  EXPECT_DOUBLE_EQ(b.training_per_token, 6 * weights + 12.0 * 256 * 192 * 2);
+}
+
+TEST(AccountingCli, JsonHasTheKvCache) {
+  TempDir dir;
+  write_bytes(dir.file("gqa.json"), R"({"vocab_size": 1000, "context_length": 256, "d_model": 512, "num_layers": 4,
+      "num_heads": 8, "num_kv_heads": 2, "d_ff": 1344, "attention_window": 64, "full_attention_every": 2})");
+  CliResult r = run_cli({"accounting", "--config", dir.file("gqa.json"), "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["kv_cache_bytes"]["context_sequence"]["fp32"].get<std::int64_t>(), 655'360);
+  EXPECT_EQ(j["kv_cache_bytes"]["per_token"]["bf16"].get<std::int64_t>(), 2048);
+  EXPECT_EQ(j["flops"]["forward_per_sequence"]["scores Q·K^T, window"].get<std::int64_t>(), 33'554'432);
+  CliResult table = run_cli({"accounting", "--config", dir.file("gqa.json")});
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_NE(table.out.find("655,360"), std::string::npos) << table.out;
 }
 
 TEST(Accounting, RejectsBadBatchAndSequence) {

@@ -5,7 +5,9 @@
 //   2. every backward against central finite differences of the float forward op itself.
 // Plus the properties the model relies on: the causal mask (a future key or value never changes an
 // earlier output), attention over a strided KV cache with Tk > Tq agreeing with the full forward,
-// RoPE at position 0 being the identity, and RoPE preserving the norm of each rotated pair.
+// RoPE at position 0 being the identity, and RoPE preserving the norm of each rotated pair; the
+// attention variants of issue 6 (grouped-query heads, a sliding window, the score soft-cap, dropout)
+// against the same spec and finite differences, and the window's band.
 //
 // The gradient check. For an op y = f(x) take the scalar loss L = Σ_i y_i R_i with a fixed random
 // R (N(0, 1)); its gradient is what backward returns when given dout = R. The numeric gradient
@@ -43,6 +45,7 @@
 #include "ops/attention.h"
 #include "ops/cpu/fast_exp.h"
 #include "ops/cross_entropy.h"
+#include "ops/dropout.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
 #include "ops/rmsnorm.h"
@@ -78,20 +81,7 @@ double weighted_sum(std::span<const float> y, std::span<const float> r) {
   return s;
 }
 
-// Runs OpenMP regions on one thread while alive. The finite differences call a forward op on tiny
-// inputs hundreds of times, where waking the thread team costs far more than the work (seconds on a
-// busy machine); the ops compute each output row the same way whatever the thread count, so L is
-// unchanged. The analytic backward and the forward spec checks run with all threads.
-class SingleThreaded {
- public:
-  SingleThreaded() : saved_(omp_get_max_threads()) { omp_set_num_threads(1); }
-  ~SingleThreaded() { omp_set_num_threads(saved_); }
-  SingleThreaded(const SingleThreaded&) = delete;
-  SingleThreaded& operator=(const SingleThreaded&) = delete;
-
- private:
-  int saved_;
-};
+using test::SingleThreaded;
 
 // Central-difference gradient of loss() with respect to each element of x, perturbing x in place
 // (and restoring it). loss() must run the forward op on the current contents of x.
@@ -150,35 +140,47 @@ std::vector<double> gemm_spec(const std::vector<float>& out0, i64 ldo, const std
   return out;
 }
 
-// Causal attention, (B, Tq, H, D) queries against (B, Tk, H, D) keys and values stored with
-// kv_stride floats between sequences; query i sits at position Tk − Tq + i.
+// Causal attention, (B, Tq, H, D) queries against (B, Tk, Hkv, D) keys and values stored with
+// kv_stride floats between sequences; query i sits at position p = Tk − Tq + i and sees the keys
+// p − W < j ≤ p (W = window, all j ≤ p without one); query head h reads kv head h / (H / Hkv); the
+// scores are capped at c · tanh(s / c) with a softcap; dropout keeps P_ij where the hash says so.
 struct AttentionSpec {
   std::vector<double> out, lse;
 };
 AttentionSpec attention_spec(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
                              const AttentionDims& d) {
-  const i64 C = d.H * d.D, kv_stride = d.kv_batch_stride ? d.kv_batch_stride : d.Tk * C;
-  AttentionSpec r{std::vector<double>(sz(d.B * d.Tq * C)), std::vector<double>(sz(d.B * d.H * d.Tq))};
+  const i64 Hkv = d.Hkv ? d.Hkv : d.H, Cq = d.H * d.D, Ckv = Hkv * d.D;
+  const i64 kv_stride = d.kv_batch_stride ? d.kv_batch_stride : d.Tk * Ckv;
+  const std::uint64_t threshold = dropout_threshold(d.dropout.p);
+  AttentionSpec r{std::vector<double>(sz(d.B * d.Tq * Cq)), std::vector<double>(sz(d.B * d.H * d.Tq))};
   for (i64 b = 0; b < d.B; ++b)
     for (i64 h = 0; h < d.H; ++h)
       for (i64 i = 0; i < d.Tq; ++i) {
-        const i64 visible = d.Tk - d.Tq + i + 1;
-        std::vector<double> s(sz(visible));
+        const i64 pos = d.Tk - d.Tq + i, first = d.window ? std::max<i64>(0, pos - d.window + 1) : 0;
+        const i64 kv_head = h / (d.H / Hkv);
+        std::vector<double> s(sz(pos + 1));
         double max = -std::numeric_limits<double>::infinity();
-        for (i64 j = 0; j < visible; ++j) {
+        for (i64 j = first; j <= pos; ++j) {
           double dot = 0.0;
           for (i64 e = 0; e < d.D; ++e)
-            dot += static_cast<double>(q[sz((b * d.Tq + i) * C + h * d.D + e)]) * k[sz(b * kv_stride + j * C + h * d.D + e)];
+            dot += static_cast<double>(q[sz((b * d.Tq + i) * Cq + h * d.D + e)]) *
+                   k[sz(b * kv_stride + j * Ckv + kv_head * d.D + e)];
           s[sz(j)] = dot / std::sqrt(static_cast<double>(d.D));
+          if (d.softcap > 0) s[sz(j)] = d.softcap * std::tanh(s[sz(j)] / d.softcap);
           max = std::max(max, s[sz(j)]);
         }
         double sum = 0.0;
-        for (double x : s) sum += std::exp(x - max);
+        for (i64 j = first; j <= pos; ++j) sum += std::exp(s[sz(j)] - max);
         r.lse[sz((b * d.H + h) * d.Tq + i)] = max + std::log(sum);
-        for (i64 e = 0; e < d.D; ++e) {
-          double o = 0.0;
-          for (i64 j = 0; j < visible; ++j) o += std::exp(s[sz(j)] - max) / sum * v[sz(b * kv_stride + j * C + h * d.D + e)];
-          r.out[sz((b * d.Tq + i) * C + h * d.D + e)] = o;
+        for (i64 j = first; j <= pos; ++j) {
+          double pj = std::exp(s[sz(j)] - max) / sum;
+          if (d.dropout.on()) {
+            const bool keep = dropout_hash(d.dropout.seed, d.dropout.site,
+                                           static_cast<std::uint64_t>(((b * d.H + h) * d.Tq + i) * d.Tk + j)) >= threshold;
+            pj = keep ? pj / (1.0 - d.dropout.p) : 0.0;
+          }
+          for (i64 e = 0; e < d.D; ++e)
+            r.out[sz((b * d.Tq + i) * Cq + h * d.D + e)] += pj * v[sz(b * kv_stride + j * Ckv + kv_head * d.D + e)];
         }
       }
   return r;
@@ -525,6 +527,90 @@ TEST(OpsGradcheck, AttentionWithStridedKvCacheMatchesFullForward) {
     EXPECT_LE(rel_error(out, spec.out), kTolForward);
     EXPECT_LE(rel_error(lse, spec.lse), kTolForward);
   }
+}
+
+// The attention variants (issue 6): grouped-query and multi-query heads, a sliding window (with
+// T > 16 so that queries run in several blocks, each against its own band of keys), the score
+// soft-cap and dropout on the probabilities, alone and together. q is drawn with scale 2 so the
+// scores (~N(0, 4)) reach the cap's bend at c = 1.5.
+struct AttentionCase {
+  const char* name;
+  AttentionDims d;
+};
+const AttentionCase kAttentionVariants[] = {
+    {"gqa", {.B = 2, .H = 4, .Hkv = 2, .D = 3, .Tq = 7, .Tk = 7}},
+    {"mqa", {.B = 2, .H = 3, .Hkv = 1, .D = 4, .Tq = 7, .Tk = 7}},
+    {"window 3, two blocks", {.B = 1, .H = 2, .D = 3, .Tq = 20, .Tk = 20, .window = 3}},
+    {"window 1", {.B = 2, .H = 2, .D = 3, .Tq = 6, .Tk = 6, .window = 1}},
+    {"window 17, three blocks", {.B = 1, .H = 1, .D = 2, .Tq = 40, .Tk = 40, .window = 17}},
+    {"softcap", {.B = 2, .H = 3, .D = 4, .Tq = 7, .Tk = 7, .softcap = 1.5f}},
+    {"dropout", {.B = 2, .H = 3, .D = 4, .Tq = 7, .Tk = 7, .dropout = {.p = 0.3, .seed = 42, .site = 6}}},
+    {"gqa + window + softcap + dropout",
+     {.B = 2, .H = 4, .Hkv = 2, .D = 3, .Tq = 19, .Tk = 19, .window = 4, .softcap = 1.5f,
+      .dropout = {.p = 0.25, .seed = 9, .site = 3}}},
+};
+
+// Forward against the spec, then backward against finite differences.
+TEST(OpsGradcheck, AttentionVariants) {
+  for (const AttentionCase& c : kAttentionVariants) {
+    SCOPED_TRACE(c.name);
+    const AttentionDims& d = c.d;
+    const i64 Hkv = d.Hkv ? d.Hkv : d.H;
+    Rng rng(22);
+    std::vector<float> q = randn(rng, d.B * d.Tq * d.H * d.D, 2.0), k = randn(rng, d.B * d.Tk * Hkv * d.D),
+                       v = randn(rng, d.B * d.Tk * Hkv * d.D);
+    const std::vector<float> R = randn(rng, static_cast<i64>(q.size()));
+    std::vector<float> out(q.size(), kGarbage), lse(sz(d.B * d.H * d.Tq), kGarbage);
+    auto loss = [&] {
+      attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), d);
+      return weighted_sum(out, R);
+    };
+    loss();
+    const AttentionSpec want = attention_spec(q, k, v, d);
+    EXPECT_LE(rel_error(out, want.out), kTolForward);
+    EXPECT_LE(rel_error(lse, want.lse), kTolForward);
+    const std::vector<double> fd_q = numeric_grad(q, loss), fd_k = numeric_grad(k, loss), fd_v = numeric_grad(v, loss);
+    loss();
+    std::vector<float> dq(q.size(), kGarbage), dk(k.size(), kGarbage), dv(v.size(), kGarbage);
+    attention_backward(dq.data(), dk.data(), dv.data(), R.data(), q.data(), k.data(), v.data(), out.data(), lse.data(),
+                       d);
+    EXPECT_LE(rel_error(dq, fd_q), kTolNonlinearOp);
+    EXPECT_LE(rel_error(dk, fd_k), kTolNonlinearOp);
+    EXPECT_LE(rel_error(dv, fd_v), kTolLinearOp);   // out is linear in v, with the mask fixed by the seed
+  }
+}
+
+TEST(OpsGradcheck, AttentionWindowSeesOnlyItsBand) {
+  // With W = 3, changing the key and value at position j (to large values) leaves the outputs at
+  // positions < j and ≥ j + 3 bit for bit as they were and changes those at j, j + 1, j + 2. Over
+  // a cache (Tq < Tk, strided), the decoded rows equal the packed forward's.
+  const AttentionDims d{.B = 1, .H = 2, .Hkv = 1, .D = 4, .Tq = 24, .Tk = 24, .window = 3};
+  const i64 Cq = d.H * d.D, Ckv = d.D, j = 17;
+  Rng rng(23);
+  const std::vector<float> q = randn(rng, d.Tq * Cq), k = randn(rng, d.Tk * Ckv), v = randn(rng, d.Tk * Ckv);
+  std::vector<float> out(q.size()), lse(sz(d.H * d.Tq));
+  attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), d);
+  std::vector<float> k2 = k, v2 = v;
+  for (i64 e = 0; e < Ckv; ++e) {
+    k2[sz(j * Ckv + e)] = static_cast<float>(50.0 * rng.normal());
+    v2[sz(j * Ckv + e)] = static_cast<float>(1000.0 * rng.normal());
+  }
+  std::vector<float> out2(q.size()), lse2(lse.size());
+  attention_forward(out2.data(), lse2.data(), q.data(), k2.data(), v2.data(), d);
+  for (i64 t = 0; t < d.Tq; ++t) {
+    const bool same = std::equal(out.begin() + t * Cq, out.begin() + (t + 1) * Cq, out2.begin() + t * Cq);
+    EXPECT_EQ(same, t < j || t >= j + d.window) << "position " << t;
+  }
+  // the last 2 queries against a cache of capacity 30 holding the 24 positions
+  const i64 capacity = 30, Tq = 2;
+  std::vector<float> k_cache(sz(capacity * Ckv), std::numeric_limits<float>::quiet_NaN()), v_cache = k_cache;
+  std::copy(k.begin(), k.end(), k_cache.begin());
+  std::copy(v.begin(), v.end(), v_cache.begin());
+  const AttentionDims dc{.B = 1, .H = 2, .Hkv = 1, .D = 4, .Tq = Tq, .Tk = d.Tk, .kv_batch_stride = capacity * Ckv,
+                         .window = 3};
+  std::vector<float> out_c(sz(Tq * Cq)), lse_c(sz(d.H * Tq));
+  attention_forward(out_c.data(), lse_c.data(), q.data() + (d.Tq - Tq) * Cq, k_cache.data(), v_cache.data(), dc);
+  EXPECT_LE(rel_error(out_c, std::vector<float>(out.end() - Tq * Cq, out.end())), kTolForward);
 }
 
 // ---------------------------------------------------------------------------------------------

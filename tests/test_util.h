@@ -3,6 +3,7 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -36,6 +37,21 @@ double rel_error(const std::vector<A>& got, const std::vector<B>& want) {
   EXPECT_EQ(got.size(), want.size());
   return rel_error(got.data(), want.data(), std::min(got.size(), want.size()));
 }
+
+// Runs OpenMP regions on one thread while alive. Finite differences call a forward pass on tiny
+// inputs hundreds of times, where waking the thread team costs far more than the work (seconds on a
+// busy machine); the ops compute each output row the same way whatever the thread count, so the
+// loss is unchanged. Analytic backward passes and spec checks run with all threads.
+class SingleThreaded {
+ public:
+  SingleThreaded() : saved_(omp_get_max_threads()) { omp_set_num_threads(1); }
+  ~SingleThreaded() { omp_set_num_threads(saved_); }
+  SingleThreaded(const SingleThreaded&) = delete;
+  SingleThreaded& operator=(const SingleThreaded&) = delete;
+
+ private:
+  int saved_;
+};
 
 // SCRATCHLM_TEST_DATA/<relative>.
 std::string data_path(std::string_view relative);

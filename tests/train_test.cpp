@@ -325,6 +325,33 @@ TEST(TrainCommand, ResumeIsExactBitForBit) {
             test::read_bytes(f.out("b") + "/checkpoints/step_000040/model.safetensors"));
 }
 
+// With dropout the masks are a function of the run's seed, the step and the micro-batch
+// (ops/dropout.h), so a resumed run draws the same ones: still bit for bit. Two micro-batches per
+// step, so that the micro-batch index matters too; the first loss differs from the run without
+// dropout (the masks are on in training).
+TEST(TrainCommand, ResumeWithDropoutIsExactBitForBit) {
+  RunFiles f;
+  const std::vector<std::string> dropout = {"--model.dropout", "0.1", "--model.attention_dropout", "0.1",
+                                            "--grad_accum", "2", "--batch_size", "4"};
+  auto train = [&](std::vector<std::string> args, bool with_dropout = true) {
+    if (with_dropout) args.insert(args.end(), dropout.begin(), dropout.end());
+    const auto r = test::run_cli(args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+  };
+  train({"train", "--config", f.config, "--out_dir", f.out("a"), "--steps", "12"});
+  train({"train", "--config", f.config, "--out_dir", f.out("b"), "--steps", "6", "--optimizer.cycle", "12"});
+  train({"train", "--resume", f.out("b"), "--steps", "12"}, false);   // the checkpoint's config has the dropout
+  train({"train", "--config", f.config, "--out_dir", f.out("c"), "--steps", "1", "--grad_accum", "2", "--batch_size", "4"},
+        false);
+  const auto la = train_losses(read_metrics(f.out("a"))), lb = train_losses(read_metrics(f.out("b")));
+  ASSERT_EQ(la.size(), 12u);
+  ASSERT_EQ(la.size(), lb.size());
+  for (std::size_t i = 0; i < la.size(); ++i) EXPECT_EQ(la[i], lb[i]) << "step " << i + 1;
+  EXPECT_EQ(test::read_bytes(f.out("a") + "/checkpoints/step_000012/model.safetensors"),
+            test::read_bytes(f.out("b") + "/checkpoints/step_000012/model.safetensors"));
+  EXPECT_NE(train_losses(read_metrics(f.out("c")))[0], la[0]);
+}
+
 TEST(TrainCommand, NanLossStopsAndKeepsTheLastCheckpoint) {
   RunFiles f;
   const auto r = test::run_cli({"train", "--config", f.config, "--out_dir", f.out("run"), "--optimizer.lr_max", "1e30",

@@ -1,5 +1,5 @@
 // Resource accounting: the formulas behind accounting.h, and its table and JSON renderings.
-// Every count is a closed-form expression in (V, T, C, L, H, F, B); integer counts are computed with
+// Every count is a closed-form expression in (V, T, C, L, H, Hkv, D, F, W, B); integer counts are computed with
 // overflow checks, FLOPs in double (exact below 2^53 ≈ 9·10^15, far above one GPT-2 XL sequence).
 #include "model/accounting.h"
 
@@ -24,37 +24,58 @@ std::int64_t add(std::int64_t a, std::int64_t b) {
   return r;
 }
 
+// Layers with full and with windowed attention.
+std::int64_t full_layers(const ModelConfig& c) {
+  std::int64_t n = 0;
+  for (std::int64_t l = 0; l < c.num_layers; ++l) n += c.full_attention_layer(l);
+  return n;
+}
+
 ParamCounts count_params(const ModelConfig& c) {
   const std::int64_t V = c.vocab_size, C = c.d_model, L = c.num_layers, F = c.d_ff;
   ParamCounts p;
   p.embedding = mul(V, C);
-  p.attention_per_layer = mul(4, mul(C, C));
+  p.position_embedding = c.position == Position::learned ? mul(c.context_length, C) : 0;
+  p.attention_per_layer = mul(2 * C, add(c.q_width(), c.kv_width()));   // q, output (Q·C each); k, v (K·C each)
   p.norms_per_layer = add(mul(c.parallel_block ? 1 : 2, C), c.qk_norm ? 2 * c.d_head() : 0);   // ln1, ln2 (+ q_norm, k_norm)
   p.ffn_per_layer = mul(c.gated() ? 3 : 2, mul(C, F));
   p.final_norm = C;
   p.lm_head = c.tie_embeddings ? 0 : mul(V, C);   // tied: the embedding is the head
   const std::int64_t per_layer = add(add(p.attention_per_layer, p.norms_per_layer), p.ffn_per_layer);
-  p.total = add(add(add(p.embedding, mul(L, per_layer)), p.final_norm), p.lm_head);
-  p.non_embedding = p.total - p.embedding;
+  p.total = add(add(add(add(p.embedding, p.position_embedding), mul(L, per_layer)), p.final_norm), p.lm_head);
+  p.non_embedding = p.total - p.embedding - p.position_embedding;
   return p;
 }
 
 // The forward pass's matrix products for one sequence of T tokens, in model order. A Linear with
 // weight (d_out, d_in) applied to (T, d_in) is a (T, d_in)·(d_in, d_out) product: 2·T·d_in·d_out.
-// Attention per head: scores (T, D)·(D, T) and mix (T, T)·(T, D), 2·T·T·D each, × H heads = 2·T²·C.
+// Attention per query head: scores (T, D)·(D, keys) and mix (T, keys)·(keys, D), 2·T·keys·D each,
+// × H heads = 2·T·keys·Q, with keys = T in a full layer (unmasked) and min(W, T) in a windowed one.
+// (Grouped-query heads share keys, not products: Hkv changes only the k and v projections.)
+// Formulas name Q and K as C where they equal it (the CS336 shape), else as H·D and Hkv·D.
 std::vector<MatmulFlops> forward_matmuls(const ModelConfig& c, std::int64_t seq_len) {
   const double V = static_cast<double>(c.vocab_size), T = static_cast<double>(seq_len),
                C = static_cast<double>(c.d_model), L = static_cast<double>(c.num_layers),
-               F = static_cast<double>(c.d_ff);
+               F = static_cast<double>(c.d_ff), Q = static_cast<double>(c.q_width()),
+               K = static_cast<double>(c.kv_width()), L_full = static_cast<double>(full_layers(c)),
+               L_win = L - L_full, keys_win = static_cast<double>(std::min(c.attention_window, seq_len));
+  const std::string q = c.q_width() == c.d_model ? "C" : "H·D", k = c.kv_width() == c.d_model ? "C" : "Hkv·D";
+  const std::string l_full = L_win > 0 ? "L_full" : "L";
   std::vector<MatmulFlops> terms = {
-      {"q_proj", "2·T·C·C·L", 2 * T * C * C * L},
-      {"k_proj", "2·T·C·C·L", 2 * T * C * C * L},
-      {"v_proj", "2·T·C·C·L", 2 * T * C * C * L},
-      {"scores Q·K^T", "2·T·T·C·L", 2 * T * T * C * L},
-      {"mix P·V", "2·T·T·C·L", 2 * T * T * C * L},
-      {"output_proj", "2·T·C·C·L", 2 * T * C * C * L},
-      {"ffn w1", "2·T·C·F·L", 2 * T * C * F * L},
+      {"q_proj", "2·T·C·" + q + "·L", 2 * T * C * Q * L},
+      {"k_proj", "2·T·C·" + k + "·L", 2 * T * C * K * L},
+      {"v_proj", "2·T·C·" + k + "·L", 2 * T * C * K * L},
   };
+  if (L_full > 0) {
+    terms.push_back({"scores Q·K^T", "2·T·T·" + q + "·" + l_full, 2 * T * T * Q * L_full});
+    terms.push_back({"mix P·V", "2·T·T·" + q + "·" + l_full, 2 * T * T * Q * L_full});
+  }
+  if (L_win > 0) {
+    terms.push_back({"scores Q·K^T, window", "2·T·min(W,T)·" + q + "·L_win", 2 * T * keys_win * Q * L_win});
+    terms.push_back({"mix P·V, window", "2·T·min(W,T)·" + q + "·L_win", 2 * T * keys_win * Q * L_win});
+  }
+  terms.push_back({"output_proj", "2·T·" + q + "·C·L", 2 * T * Q * C * L});
+  terms.push_back({"ffn w1", "2·T·C·F·L", 2 * T * C * F * L});
   if (c.gated()) terms.push_back({"ffn w3", "2·T·C·F·L", 2 * T * C * F * L});
   terms.push_back({"ffn w2", "2·T·F·C·L", 2 * T * F * C * L});
   terms.push_back({"lm_head", "2·T·C·V", 2 * T * C * V});
@@ -68,42 +89,67 @@ double sum_flops(const std::vector<MatmulFlops>& terms) {
 }
 
 // Rough forward FLOPs outside the matmuls, per token (exp, divide and rsqrt counted as one FLOP):
-//   per layer: 2 RMSNorms 2·4C (square-accumulate, scale by rstd and gain), RoPE on q and k 2·3C
-//              (4 multiplies + 2 adds per pair), softmax over T scores per head 5·H·T (scale, max,
-//              subtract, exp, sum, divide ≈ 5), SwiGLU gate 5F (silu(a)·b), residual adds 2C
+//   per layer: 2 RMSNorms 2·4C (square-accumulate, scale by rstd and gain), RoPE on q and k 3·(Q + K)
+//              (4 multiplies + 2 adds per pair), softmax over the keys per head 5·H·keys (scale,
+//              max, subtract, exp, sum, divide ≈ 5; keys = T, or min(W, T) in a windowed layer),
+//              SwiGLU gate 5F (silu(a)·b), residual adds 2C
 //   final:     RMSNorm 4C, cross-entropy 4V (max, subtract, exp, sum)
 double non_matmul_per_sequence(const ModelConfig& c, std::int64_t seq_len) {
   const double V = static_cast<double>(c.vocab_size), T = static_cast<double>(seq_len),
-               C = static_cast<double>(c.d_model), L = static_cast<double>(c.num_layers),
-               H = static_cast<double>(c.num_heads), F = static_cast<double>(c.d_ff);
-  const double per_layer = 8 * C + 6 * C + 5 * H * T + 5 * F + 2 * C;
-  return T * (L * per_layer + 4 * C + 4 * V);
+               C = static_cast<double>(c.d_model), H = static_cast<double>(c.num_heads),
+               F = static_cast<double>(c.d_ff), QK = static_cast<double>(c.q_width() + c.kv_width());
+  double layers = 0;
+  for (std::int64_t l = 0; l < c.num_layers; ++l) {
+    const double keys = c.full_attention_layer(l) ? T : static_cast<double>(std::min(c.attention_window, seq_len));
+    layers += 8 * C + (c.layer_rope(l) ? 3 * QK : 0) + 5 * H * keys + 5 * F + 2 * C;
+  }
+  return T * (layers + 4 * C + 4 * V);
 }
 
 // The CPU path's plan (Activations in model.h, allocated with backward), in bytes for N tokens.
 MemoryPlan memory_plan(const ModelConfig& c, const ParamCounts& p, std::int64_t N) {
-  const std::int64_t V = c.vocab_size, C = c.d_model, L = c.num_layers, H = c.num_heads, F = c.d_ff;
+  const std::int64_t V = c.vocab_size, C = c.d_model, L = c.num_layers, H = c.num_heads, Hkv = c.kv_heads(),
+                     F = c.d_ff, Q = c.q_width(), K = c.kv_width();
   constexpr std::int64_t f32 = 4;
   MemoryPlan m;
   m.parameters = mul(f32, p.total);
   m.gradients = mul(f32, p.total);
   m.adamw_state = mul(2 * f32, p.total);
-  // Per layer, per token: x_in, ln1, q, k, v, attn, x_mid, ln2 (8C); rstd1, rstd2 (2); lse (H);
-  // a, b, h (3F; 2F without a gate).
+  // Per layer, per token: x_in, ln1, x_mid, ln2 (4C); q, attn (2Q); k, v (2K); rstd1, rstd2 (2);
+  // lse (H); a, b, h (3F; 2F without a gate).
   const std::int64_t hidden = c.gated() ? 3 : 2;
-  std::int64_t layer_floats = add(add(add(mul(8, C), 2), H), mul(hidden, F));
-  if (c.qk_norm) layer_floats = add(layer_floats, add(mul(2, C), mul(2, H)));   // q_raw, k_raw; rstd_q, rstd_k
+  std::int64_t layer_floats = add(add(add(add(add(mul(4, C), mul(2, Q)), mul(2, K)), 2), H), mul(hidden, F));
+  if (c.qk_norm) layer_floats = add(layer_floats, add(add(Q, K), add(H, Hkv)));   // q_raw, k_raw; rstd_q, rstd_k
   if (c.parallel_block) layer_floats -= C + 1;   // no ln2, rstd2
   m.act_layers = mul(f32, mul(mul(N, layer_floats), L));
   // Per token: x_final, ln_final (2C); rstd_final, losses, ce_lse (3).
   m.act_final = mul(f32, mul(N, add(mul(2, C), 3)));
   m.act_logits = mul(f32, mul(N, V));
-  // Backward scratch per token: dx, dbuf, dq, dk, dv (5C); dh, da, db (3F; 2F without a gate).
-  m.act_backward = mul(f32, mul(N, add(mul(5 + (c.qk_norm ? 1 : 0) + (c.parallel_block ? 1 : 0), C),
-                                        mul(hidden, F))));   // (+ dqk_raw, dln_ffn)
+  // Backward scratch per token: dx (C), dbuf (max(C, Q)), dq (Q), dk, dv (2K); dh, da, db (3F; 2F
+  // without a gate); dqk_raw (Q) with qk_norm, dln_ffn (C) in parallel blocks, ddrop (C) with dropout.
+  const std::int64_t extra_c = (c.parallel_block ? 1 : 0) + (c.dropout > 0 ? 1 : 0);
+  const std::int64_t scratch = add(add(add(add(mul(1 + extra_c, C), std::max(C, Q)), mul(c.qk_norm ? 2 : 1, Q)),
+                                       mul(2, K)),
+                                   mul(hidden, F));
+  m.act_backward = mul(f32, mul(N, scratch));
   m.activations = add(add(add(m.act_layers, m.act_final), m.act_logits), m.act_backward);
   m.total = add(add(add(m.parameters, m.gradients), m.adamw_state), m.activations);
   return m;
+}
+
+// K keys and K values per cached position and layer (KvCache in model.h).
+KvCacheBytes kv_cache_bytes(const ModelConfig& c) {
+  const std::int64_t L_full = full_layers(c), L_win = c.num_layers - L_full, ctx = c.context_length;
+  const std::int64_t per_position = mul(2, c.kv_width());   // floats, one layer
+  const std::int64_t window_rows = std::min(c.attention_window, ctx);
+  KvCacheBytes k;
+  k.per_token_fp32 = mul(4, mul(per_position, c.num_layers));
+  k.per_token_full_fp32 = mul(4, mul(per_position, L_full));
+  k.sequence_fp32 = mul(4, mul(per_position, add(mul(L_full, ctx), mul(L_win, window_rows))));
+  k.per_token_bf16 = k.per_token_fp32 / 2;
+  k.per_token_full_bf16 = k.per_token_full_fp32 / 2;
+  k.sequence_bf16 = k.sequence_fp32 / 2;
+  return k;
 }
 
 // ---- formatting ----
@@ -211,6 +257,7 @@ Accounting compute_accounting(const ModelConfig& c, std::int64_t batch, std::int
   a.training_per_step = static_cast<double>(batch) * a.training_per_sequence;
   a.non_matmul_per_sequence = non_matmul_per_sequence(c, seq_len);
   a.memory = memory_plan(c, a.params, mul(batch, seq_len));
+  a.kv_cache = kv_cache_bytes(c);
   return a;
 }
 
@@ -224,17 +271,25 @@ std::string accounting_table(const Accounting& a) {
   const MemoryPlan& m = a.memory;
   const double P = static_cast<double>(p.total);
   std::string out;
+  const std::int64_t L_full = full_layers(c), L_win = c.num_layers - L_full;
   out += str("model: V = vocab_size ", commas(c.vocab_size), ", C = d_model ", commas(c.d_model), ", L = num_layers ",
-             c.num_layers, ", H = num_heads ", c.num_heads, " (d_head ", c.d_head(), "), F = d_ff ", commas(c.d_ff),
-             ", context_length ", commas(c.context_length), "\n");
+             c.num_layers, ", H = num_heads ", c.num_heads, ", Hkv = num_kv_heads ", c.kv_heads(), ", D = head size ",
+             c.d_head(), " (Q = H·D = ", commas(c.q_width()), ", K = Hkv·D = ", commas(c.kv_width()), "), F = d_ff ",
+             commas(c.d_ff), ", context_length ", commas(c.context_length), "\n");
+  out += L_win == 0 ? std::string("attention: full causal in every layer\n")
+                    : str("attention: window W = ", c.attention_window, " in L_win = ", L_win, " layers, full causal in L_full = ",
+                          L_full, c.full_attention_every ? str(" (every ", c.full_attention_every, ")") : "", "\n");
   out += str("accounted at: batch B = ", commas(a.batch), ", sequence length T = ", commas(a.seq_len),
              ", N = B·T = ", commas(a.batch * a.seq_len), " tokens\n\n");
 
   out += "Parameters\n";
-  out += render({
+  Rows param_rows = {
       {"component", "formula", "per layer", "total", "share"},
       {"token embedding", "V·C", "-", commas(p.embedding), percent(p.embedding, P)},
-      {"attention q, k, v, output", "4·C²·L", commas(p.attention_per_layer), commas(c.num_layers * p.attention_per_layer),
+      {"position embedding (learned)", "context_length·C", "-", commas(p.position_embedding),
+       percent(p.position_embedding, P)},
+      {"attention q, k, v, output", c.q_width() == c.d_model && c.kv_width() == c.d_model ? "4·C²·L" : "(2·C·Q + 2·C·K)·L",
+       commas(p.attention_per_layer), commas(c.num_layers * p.attention_per_layer),
        percent(c.num_layers * p.attention_per_layer, P)},
       {str("norms ln1", c.parallel_block ? "" : ", ln2", c.qk_norm ? ", q_norm, k_norm" : ""),
        str(c.parallel_block ? "(C" : "(2·C", c.qk_norm ? " + 2·D" : "", ")·L"), commas(p.norms_per_layer), commas(c.num_layers * p.norms_per_layer),
@@ -246,12 +301,14 @@ std::string accounting_table(const Accounting& a) {
       {c.tie_embeddings ? "lm_head (tied: the embedding)" : "lm_head (untied)", c.tie_embeddings ? "0" : "V·C", "-",
        commas(p.lm_head), percent(p.lm_head, P)},
       {"total", "", "", commas(p.total), percent(P, P)},
-      {"non-embedding", "total − V·C", "", commas(p.non_embedding), percent(p.non_embedding, P)},
-  });
-  out += "  (non-embedding excludes the token embedding only; lm_head is counted in it)\n\n";
+      {"non-embedding", "total − embeddings", "", commas(p.non_embedding), percent(p.non_embedding, P)},
+  };
+  if (p.position_embedding == 0) param_rows.erase(param_rows.begin() + 2);
+  out += render(param_rows);
+  out += "  (non-embedding excludes the token and position embeddings; lm_head is counted in it)\n\n";
 
   out += str("Forward FLOPs, one sequence of T = ", commas(a.seq_len),
-             " tokens: matmuls at 2·m·n·k, attention unmasked (full T×T)\n");
+             " tokens: matmuls at 2·m·n·k, attention unmasked (full T×T; a window min(W, T) keys per query)\n");
   Rows flop_rows = {{"matmul", "formula", "per sequence", "per token", "share"}};
   for (const MatmulFlops& mm : a.forward)
     flop_rows.push_back({mm.name, mm.formula, flops(mm.per_sequence), flops(mm.per_sequence / a.seq_len),
@@ -274,16 +331,29 @@ std::string accounting_table(const Accounting& a) {
       {"parameters", "4·P", commas(m.parameters), gigabytes(m.parameters)},
       {"gradients", "4·P", commas(m.gradients), gigabytes(m.gradients)},
       {"AdamW state m, v", "8·P", commas(m.adamw_state), gigabytes(m.adamw_state)},
-      {"activations, per layer", "4·N·(8C + 2 + H + 3F)·L", commas(m.act_layers), gigabytes(m.act_layers)},
+      {"activations, per layer", "4·N·(4C + 2Q + 2K + 2 + H + 3F)·L", commas(m.act_layers), gigabytes(m.act_layers)},
       {"activations, final", "4·N·(2C + 3)", commas(m.act_final), gigabytes(m.act_final)},
       {"logits", "4·N·V", commas(m.act_logits), gigabytes(m.act_logits)},
-      {"backward scratch", "4·N·(5C + 3F)", commas(m.act_backward), gigabytes(m.act_backward)},
+      {"backward scratch", "4·N·(C + max(C,Q) + Q + 2K + 3F)", commas(m.act_backward), gigabytes(m.act_backward)},
       {"activations total", "", commas(m.activations), gigabytes(m.activations)},
       {"training total", "", commas(m.total), gigabytes(m.total)},
   });
-  out += "  per layer: x_in, ln1, q, k, v, attn, x_mid, ln2 (8C), rstd1, rstd2 (2), lse (H), a, b, h (3F) per token;\n"
-         "  final: x_final, ln_final (2C), rstd_final, losses, ce_lse (3); backward scratch: dx, dbuf, dq, dk, dv (5C),\n"
-         "  dh, da, db (3F). Per-thread temporaries inside ops are not counted.\n";
+  out += "  per layer: x_in, ln1, x_mid, ln2, q, attn, k, v (4C + 2Q + 2K), rstd1, rstd2 (2), lse (H), a, b, h (3F) per\n"
+         "  token; final: x_final, ln_final (2C), rstd_final, losses, ce_lse (3); backward scratch: dx, dbuf, dq, dk, dv\n"
+         "  (C + max(C, Q) + Q + 2K), dh, da, db (3F); the formulas are the SwiGLU serial block's, and the byte counts\n"
+         "  follow the variant (2F without a gate, no ln2 in parallel blocks, QK-norm's q_raw, k_raw and statistics,\n"
+         "  dropout's ddrop (C)). Per-thread temporaries inside ops are not counted.\n\n";
+
+  const KvCacheBytes& kv = a.kv_cache;
+  out += "KV cache (generation): keys and values, K per position and layer; a windowed layer keeps W positions\n";
+  Rows kv_rows = {{"item", "formula (bytes, fp32)", "fp32", "bf16"},
+                  {"per token", "2·K·L·4", commas(kv.per_token_fp32), commas(kv.per_token_bf16)}};
+  if (L_win > 0)
+    kv_rows.push_back({"per token past the window", "2·K·L_full·4", commas(kv.per_token_full_fp32),
+                       commas(kv.per_token_full_bf16)});
+  kv_rows.push_back({"one context-length sequence", L_win > 0 ? "2·K·(L_full·ctx + L_win·W)·4" : "2·K·L·ctx·4",
+                     commas(kv.sequence_fp32), commas(kv.sequence_bf16)});
+  out += render(kv_rows);
   return out;
 }
 
@@ -301,6 +371,7 @@ nlohmann::ordered_json to_json(const Accounting& a) {
       {"tokens", a.batch * a.seq_len},
       {"parameters",
        {{"embedding", p.embedding},
+        {"position_embedding", p.position_embedding},
         {"attention_per_layer", p.attention_per_layer},
         {"norms_per_layer", p.norms_per_layer},
         {"ffn_per_layer", p.ffn_per_layer},
@@ -308,9 +379,10 @@ nlohmann::ordered_json to_json(const Accounting& a) {
         {"lm_head", p.lm_head},
         {"total", p.total},
         {"non_embedding", p.non_embedding},
-        {"non_embedding_convention", "excludes the token embedding only; lm_head is counted"}}},
+        {"non_embedding_convention", "excludes the token and position embeddings; lm_head is counted"}}},
       {"flops",
-       {{"convention", "matmuls only, 2*m*n*k; attention unmasked (full T x T); backward = 2 x forward"},
+       {{"convention", "matmuls only, 2*m*n*k; attention unmasked (full T x T; windowed layers min(W, T) keys per "
+                       "query, unmasked within the band); backward = 2 x forward"},
         {"forward_per_sequence", forward},
         {"forward_per_token", a.forward_per_token},
         {"backward_per_sequence", json_flops(a.backward_per_sequence)},
@@ -331,6 +403,14 @@ nlohmann::ordered_json to_json(const Accounting& a) {
           {"backward_scratch", m.act_backward},
           {"total", m.activations}}},
         {"total", m.total}}},
+      {"kv_cache_bytes",
+       {{"num_kv_heads", a.config.kv_heads()},
+        {"head_dim", a.config.d_head()},
+        {"full_layers", full_layers(a.config)},
+        {"windowed_layers", a.config.num_layers - full_layers(a.config)},
+        {"per_token", {{"fp32", a.kv_cache.per_token_fp32}, {"bf16", a.kv_cache.per_token_bf16}}},
+        {"per_token_past_window", {{"fp32", a.kv_cache.per_token_full_fp32}, {"bf16", a.kv_cache.per_token_full_bf16}}},
+        {"context_sequence", {{"fp32", a.kv_cache.sequence_fp32}, {"bf16", a.kv_cache.sequence_bf16}}}}},
   };
 }
 

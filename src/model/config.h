@@ -6,14 +6,32 @@
 //   "ffn": "swiglu" (default) | "geglu" | "reglu" (gated: act(W1 x) ⊙ W3 x, then W2) |
 //          "mlp" (W2 act(W1 x), no W3);
 //   "activation": for "mlp" only: "gelu" (default; exact, with erf) | "relu" | "silu" | "relu2" (ReLU²);
-//   "position": "rope" (default) | "none" (NoPE: no position signal but the causal mask);
+//   "position": "rope" (default) | "none" (NoPE: no position signal but the causal mask) |
+//               "sinusoidal" | "learned" (absolute, added to the token embedding before the first
+//               block: PE[p, 2i] = sin(p·10000^(−2i/C)), PE[p, 2i+1] = cos(..), or the parameter
+//               position_embeddings.weight (context_length, C));
 //   "tie_embeddings": false (default) | true (the LM head is the token embedding; no lm_head.weight);
 //   "z_loss": 0 (default) | c > 0: c · log²Z (Z the softmax normaliser) added to each token's loss
 //             (PaLM's auxiliary loss; the logged and evaluated loss stays the cross-entropy);
 //   "logit_softcap": 0 (default, off) | c > 0: the final logits z become c · tanh(z / c) (Gemma 2);
 //   "qk_norm": false (default) | true: RMSNorm on each head's query and key (before RoPE), with
 //              gains of d_head shared by the heads (attn.q_norm.weight, attn.k_norm.weight);
-//   "block": "serial" (default) | "parallel": x + attn(ln1(x)) + ffn(ln1(x)), one norm (no ln2).
+//   "block": "serial" (default) | "parallel": x + attn(ln1(x)) + ffn(ln1(x)), one norm (no ln2);
+// attention (issue 6):
+//   "num_kv_heads": Hkv (default num_heads): grouped-query attention, 1 = multi-query; query head h
+//                   reads kv head h / (num_heads / Hkv);
+//   "head_dim": D (default d_model / num_heads): q_proj (H·D, C), k_proj, v_proj (Hkv·D, C),
+//               output_proj (C, H·D);
+//   "attention_window": W ≥ 1 (absent or 0: full causal): position p sees keys p − W < j ≤ p;
+//                       less than context_length;
+//   "full_attention_every": k (needs attention_window): layers l with (l + 1) % k == 0 attend
+//                           fully, the others through the window; k ≤ num_layers;
+//   "full_attention_position": "rope" (default) | "none" (needs full_attention_every and position
+//                              "rope"): the full layers use no position signal, the windowed keep RoPE;
+//   "attn_softcap": 0 (off) | c > 0: each score s = q·k/sqrt(D) becomes c·tanh(s/c) (Gemma 2);
+//   "dropout": p in [0, 1): residual dropout on the embedding output and on each sublayer's output
+//              before its residual add; "attention_dropout": p on the attention probabilities.
+//              Inverted, training only (ops/dropout.h).
 #pragma once
 
 #include <cstdint>
@@ -24,9 +42,10 @@ namespace scratchlm {
 
 enum class FfnKind { swiglu, geglu, reglu, mlp };
 enum class Activation { relu, gelu, silu, relu2 };
-enum class Position { rope, none };
+enum class Position { rope, none, sinusoidal, learned };
 const char* ffn_name(FfnKind f);
 const char* activation_name(Activation a);
+const char* position_name(Position p);
 
 struct ModelConfig {
   std::int64_t vocab_size = 0;
@@ -46,14 +65,40 @@ struct ModelConfig {
   bool qk_norm = false;
   bool parallel_block = false;
 
+  // Attention. 0 in num_kv_heads and head_dim means the default (num_heads, d_model / num_heads):
+  // read them through kv_heads() and d_head().
+  std::int64_t num_kv_heads = 0;
+  std::int64_t head_dim = 0;
+  std::int64_t attention_window = 0;       // 0: every layer full causal
+  std::int64_t full_attention_every = 0;   // 0: every layer windowed (with a window)
+  Position full_attention_position = Position::rope;   // rope or none, for the interleaved full layers
+  double attn_softcap = 0.0;
+  double dropout = 0.0;
+  double attention_dropout = 0.0;
+
   bool gated() const { return ffn != FfnKind::mlp; }
   // The CS336 model: what the GPU path implements so far.
   bool is_default_architecture() const {
     return ffn == FfnKind::swiglu && position == Position::rope && !tie_embeddings && z_loss == 0 &&
-           logit_softcap == 0 && !qk_norm && !parallel_block;
+           logit_softcap == 0 && !qk_norm && !parallel_block && kv_heads() == num_heads && q_width() == d_model &&
+           attention_window == 0 && attn_softcap == 0 && dropout == 0 && attention_dropout == 0;
   }
 
-  std::int64_t d_head() const { return d_model / num_heads; }
+  std::int64_t kv_heads() const { return num_kv_heads ? num_kv_heads : num_heads; }   // Hkv
+  std::int64_t d_head() const { return head_dim ? head_dim : d_model / num_heads; }   // D
+  std::int64_t q_width() const { return num_heads * d_head(); }                       // H·D
+  std::int64_t kv_width() const { return kv_heads() * d_head(); }                     // Hkv·D
+  // Layer l (0-based): full causal attention, or its window W.
+  bool full_attention_layer(std::int64_t l) const {
+    return attention_window == 0 || (full_attention_every > 0 && (l + 1) % full_attention_every == 0);
+  }
+  std::int64_t layer_window(std::int64_t l) const { return full_attention_layer(l) ? 0 : attention_window; }
+  // Whether layer l rotates its queries and keys: with RoPE, except the interleaved full layers
+  // when full_attention_position is "none".
+  bool layer_rope(std::int64_t l) const {
+    return position == Position::rope &&
+           !(full_attention_every > 0 && full_attention_layer(l) && full_attention_position == Position::none);
+  }
   bool operator==(const ModelConfig&) const = default;
 };
 

@@ -1,8 +1,12 @@
 // The Transformer language model on the CPU (the reference path), as CS336 specifies it:
 //   x = token_embeddings[ids]                                   (B, T, C)
+//       [+ position embeddings, learned or sinusoidal; dropout]
 //   for each layer:  x += output_proj(attention(rope(q_proj(rmsnorm1(x))), rope(k_proj(..)), v_proj(..)))
 //                    x += w2(silu(w1(rmsnorm2(x))) ⊙ w3(rmsnorm2(x)))   (or the ffn variant: config.h)
+//                    [each sublayer's output dropped out before its add]
 //   logits = lm_head(rmsnorm_final(x))                          (B, T, V)
+// Attention has H query heads and Hkv key/value heads of size D (config.h: kv_heads(), d_head());
+// Q = H·D and K = Hkv·D are the widths of the query and key projections (both C by default).
 // model_forward and model_backward are straight-line functions over the ops; backward is the same
 // list in reverse. Activations holds every buffer either needs, allocated once for (B, T).
 #pragma once
@@ -13,6 +17,7 @@
 
 #include "model/config.h"
 #include "model/params.h"
+#include "ops/dropout.h"
 #include "ops/rope.h"
 
 namespace scratchlm {
@@ -23,12 +28,21 @@ struct Model {
   ParamLayout layout;
   std::vector<float> params;   // layout.total floats
   RopeTable rope;              // positions 0 .. context_length − 1
+  std::vector<float> sinusoid; // (context_length, C) with position "sinusoidal", else empty
 
   explicit Model(const ModelConfig& c);
   Model(Model&&) = default;
   Model& operator=(Model&&) = default;
   Model(const Model&) = delete;
   ModelWeights weights() { return model_weights(layout, params.data()); }
+};
+
+// Training or evaluation, for the stochastic parts (dropout, config.h). The default evaluates:
+// nothing is dropped, as in validation and generation.
+enum class Phase { evaluation, training };
+struct PassOptions {
+  Phase phase = Phase::evaluation;
+  std::uint64_t dropout_seed = 0;   // the masks' seed; the trainer's is dropout_seed(run seed, step, micro)
 };
 
 // Activations of one forward pass over (B, T) tokens, kept for backward, and backward's scratch.
@@ -38,11 +52,12 @@ struct LayerActs {
   std::vector<float> x_in;     // (N, C) residual stream entering the block
   std::vector<float> ln1;      // (N, C) rmsnorm1(x_in)
   std::vector<float> rstd1;    // (N)
-  std::vector<float> q, k, v;  // (N, C) = (B, T, H, D); q and k after RoPE
-  std::vector<float> q_raw, k_raw;   // (N, C) the projections before QK-norm (qk_norm only)
-  std::vector<float> rstd_q, rstd_k; // (N·H) QK-norm statistics (qk_norm only)
+  std::vector<float> q;        // (N, Q) = (B, T, H, D), after RoPE
+  std::vector<float> k, v;     // (N, K) = (B, T, Hkv, D); k after RoPE
+  std::vector<float> q_raw, k_raw;   // (N, Q), (N, K) the projections before QK-norm (qk_norm only)
+  std::vector<float> rstd_q, rstd_k; // (N·H), (N·Hkv) QK-norm statistics (qk_norm only)
   std::vector<float> lse;      // (B, H, T) attention row log-sum-exp
-  std::vector<float> attn;     // (N, C) attention output before output_proj
+  std::vector<float> attn;     // (N, Q) attention output before output_proj
   std::vector<float> x_mid;    // (N, C) residual stream after the attention sublayer
   std::vector<float> ln2;      // (N, C); empty in parallel blocks (the feed-forward reads ln1)
   std::vector<float> rstd2;    // (N)
@@ -61,11 +76,14 @@ struct Activations {
   std::vector<float> ce_lse;    // (N)
   // backward scratch
   std::vector<float> dx;        // (N, C) gradient of the residual stream
-  std::vector<float> dbuf;      // (N, C) gradient of a sublayer's input or output
-  std::vector<float> dq, dk, dv;// (N, C)
-  std::vector<float> dqk_raw;   // (N, C) QK-norm backward's output (qk_norm only)
+  std::vector<float> dbuf;      // (N, max(C, Q)) gradient of a sublayer's input, or of the attention output
+  std::vector<float> dq;        // (N, Q)
+  std::vector<float> dk, dv;    // (N, K)
+  std::vector<float> dqk_raw;   // (N, Q) QK-norm backward's output (qk_norm only)
   std::vector<float> dln_ffn;   // (N, C) parallel blocks: the feed-forward's share of ln1's gradient
+  std::vector<float> ddrop;     // (N, C) dropout: the residual gradient through a site's mask
   std::vector<float> dh, da, db;// (N, F)
+  PassOptions pass;             // what the last forward ran with; backward regenerates its masks
 
   // With_backward::no allocates only what forward needs (evaluation, generation).
   enum class WithBackward { no, yes };
@@ -73,20 +91,30 @@ struct Activations {
   std::int64_t bytes() const;
 };
 
-// For generation: keys and values of earlier positions, batch 1. (L, capacity, C) each.
+// For generation: keys and values of earlier positions, batch 1, K = Hkv·D floats per position and
+// layer (grouped-query attention shrinks the cache by H / Hkv). A full-attention layer keeps every
+// position, capacity rows; a windowed layer only the last min(W, capacity): a ring, position p in
+// slot p % W (the window bounds the cache).
 struct KvCache {
   std::int64_t capacity = 0;
-  std::int64_t length = 0;   // positions filled
-  std::vector<float> k, v;
+  std::int64_t length = 0;          // positions filled
+  std::vector<std::int64_t> slots;  // (L) rows of layer l: capacity, or min(W, capacity)
+  std::vector<std::int64_t> offset; // (L) floats before layer l's rows in k and v
+  std::vector<float> k, v;          // (Σ slots, K)
+  // Scratch of a windowed layer's step: the cached window and the new positions' keys and values
+  // in position order, (≤ W − 1 + T, K), the layout attention reads.
+  std::vector<float> k_window, v_window;
   KvCache(const ModelConfig& c, std::int64_t capacity);
+  std::int64_t bytes() const;   // of k and v, fp32
 };
 
 // Forward over ids (B, T), filling acts (logits included).
 // With a cache (B must be 1): the T tokens sit at positions cache->length ..; their keys and values
 // are appended to the cache, attention also sees the cached ones, and only the last position's
-// logits are computed (acts.logits row 0).
+// logits are computed (acts.logits row 0). `pass` says training (dropout drawn from its seed) or
+// evaluation (the default); a cache is for evaluation only.
 void model_forward(Activations& acts, Model& model, const std::int32_t* ids, std::int64_t B, std::int64_t T,
-                   KvCache* cache = nullptr);
+                   KvCache* cache = nullptr, const PassOptions& pass = {});
 
 // Mean cross-entropy of acts.logits against targets (B, T); fills acts.losses and acts.ce_lse. With
 // config.z_loss the objective backward differentiates also has z_loss · mean(lse²); this value (the
@@ -94,7 +122,8 @@ void model_forward(Activations& acts, Model& model, const std::int32_t* ids, std
 double model_loss(Activations& acts, const Model& model, const std::int32_t* targets);
 
 // Adds the gradient of (loss_scale · mean loss [+ z-loss]) to grads (an arena with the model's layout), using
-// the activations of the last model_forward + model_loss on the same ids. Overwrites acts.logits.
+// the activations of the last model_forward + model_loss on the same ids, with that forward's dropout
+// masks (acts.pass). Overwrites acts.logits.
 void model_backward(std::vector<float>& grads, Activations& acts, Model& model, const std::int32_t* ids,
                     const std::int32_t* targets, float loss_scale);
 

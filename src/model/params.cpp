@@ -25,14 +25,17 @@ ParamLayout param_layout(const ModelConfig& c) {
   auto add = [&](std::string name, std::vector<std::int64_t> shape, ParamInit init) {
     layout.specs.push_back({std::move(name), std::move(shape), init, init == ParamInit::ones});
   };
+  const std::int64_t Q = c.q_width(), K = c.kv_width();   // H·D, Hkv·D
   add("token_embeddings.weight", {V, C}, ParamInit::embedding);
+  // learned absolute positions: initialised like the token embedding
+  if (c.position == Position::learned) add("position_embeddings.weight", {c.context_length, C}, ParamInit::embedding);
   for (std::int64_t i = 0; i < c.num_layers; ++i) {
     const std::string p = "layers." + std::to_string(i) + ".";
     add(p + "ln1.weight", {C}, ParamInit::ones);
-    add(p + "attn.q_proj.weight", {C, C}, ParamInit::linear);
-    add(p + "attn.k_proj.weight", {C, C}, ParamInit::linear);
-    add(p + "attn.v_proj.weight", {C, C}, ParamInit::linear);
-    add(p + "attn.output_proj.weight", {C, C}, ParamInit::linear);
+    add(p + "attn.q_proj.weight", {Q, C}, ParamInit::linear);
+    add(p + "attn.k_proj.weight", {K, C}, ParamInit::linear);
+    add(p + "attn.v_proj.weight", {K, C}, ParamInit::linear);
+    add(p + "attn.output_proj.weight", {C, Q}, ParamInit::linear);
     if (c.qk_norm) {
       add(p + "attn.q_norm.weight", {c.d_head()}, ParamInit::ones);
       add(p + "attn.k_norm.weight", {c.d_head()}, ParamInit::ones);
@@ -48,6 +51,7 @@ ParamLayout param_layout(const ModelConfig& c) {
   layout.tied = c.tie_embeddings;
   layout.qk_norm = c.qk_norm;
   layout.parallel = c.parallel_block;
+  layout.learned_positions = c.position == Position::learned;
   for (ParamSpec& s : layout.specs) {
     s.offset = layout.total;
     layout.total += s.numel();
@@ -61,8 +65,10 @@ ModelWeights model_weights(const ParamLayout& layout, float* arena) {
   auto next = [&]() { return arena + layout.specs[k++].offset; };
   ModelWeights w;
   w.embedding = next();
+  w.position = layout.learned_positions ? next() : nullptr;
   const std::size_t per_layer = 7 + (layout.parallel ? 0 : 1) + (layout.gated ? 1 : 0) + (layout.qk_norm ? 2 : 0);
-  const std::size_t num_layers = (layout.specs.size() - (layout.tied ? 2 : 3)) / per_layer;
+  const std::size_t outside = (layout.tied ? 2 : 3) + (layout.learned_positions ? 1 : 0);
+  const std::size_t num_layers = (layout.specs.size() - outside) / per_layer;
   for (std::size_t i = 0; i < num_layers; ++i) {
     LayerWeights l;
     l.ln1 = next();

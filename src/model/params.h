@@ -5,11 +5,12 @@
 //
 // Order (and names, exactly CS336's state-dict names):
 //   token_embeddings.weight                      (V, C)
+//   position_embeddings.weight                   (context_length, C)   with position "learned" only
 //   per layer i: layers.{i}.ln1.weight           (C)
-//                layers.{i}.attn.q_proj.weight   (C, C)    Linear weights are [d_out, d_in]
-//                layers.{i}.attn.k_proj.weight   (C, C)
-//                layers.{i}.attn.v_proj.weight   (C, C)
-//                layers.{i}.attn.output_proj.weight (C, C)
+//                layers.{i}.attn.q_proj.weight   (H·D, C)  Linear weights are [d_out, d_in]
+//                layers.{i}.attn.k_proj.weight   (Hkv·D, C)  (H·D = Hkv·D = C by default)
+//                layers.{i}.attn.v_proj.weight   (Hkv·D, C)
+//                layers.{i}.attn.output_proj.weight (C, H·D)
 //                layers.{i}.attn.q_norm.weight   (D)       with qk_norm only
 //                layers.{i}.attn.k_norm.weight   (D)       with qk_norm only
 //                layers.{i}.ln2.weight           (C)       serial blocks only
@@ -47,6 +48,7 @@ struct ParamLayout {
   bool tied = false;        // no lm_head.weight: the head is token_embeddings.weight
   bool qk_norm = false;     // the layers have attn.q_norm / attn.k_norm
   bool parallel = false;    // parallel blocks: no ln2
+  bool learned_positions = false;   // position_embeddings.weight follows the token embedding
   const ParamSpec& find(const std::string& name) const;   // SLM_CHECK that it exists
 };
 
@@ -55,10 +57,10 @@ ParamLayout param_layout(const ModelConfig& c);
 // Named views into one arena laid out by param_layout (parameters, gradients or optimizer state).
 struct LayerWeights {
   float* ln1;    // (C)
-  float* wq;     // (C, C)
-  float* wk;     // (C, C)
-  float* wv;     // (C, C)
-  float* wo;     // (C, C)
+  float* wq;     // (H·D, C)
+  float* wk;     // (Hkv·D, C)
+  float* wv;     // (Hkv·D, C)
+  float* wo;     // (C, H·D)
   float* q_norm; // (D); null without qk_norm
   float* k_norm; // (D)
   float* ln2;    // (C); null in parallel blocks
@@ -68,6 +70,7 @@ struct LayerWeights {
 };
 struct ModelWeights {
   float* embedding;   // (V, C)
+  float* position;    // (context_length, C); null unless position "learned"
   std::vector<LayerWeights> layers;
   float* ln_final;    // (C)
   float* lm_head;     // (V, C); the embedding itself with tied embeddings

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "model/accounting.h"
+#include "ops/dropout.h"
 #include "ops/linear.h"
 #include "train/engine.h"
 #include "util/error.h"
@@ -37,7 +38,9 @@ class CpuEngine final : public TrainEngine {
     std::fill(grads_.begin(), grads_.end(), 0.0f);
     for (std::int64_t micro = 0; micro < cfg_.grad_accum; ++micro) {
       const std::int64_t off = micro * B * T;
-      model_forward(acts_, model_, x + off, B, T);
+      // dropout's masks: a pure function of the run's seed, the step and the micro-batch (resume-exact)
+      const PassOptions pass{.phase = Phase::training, .dropout_seed = dropout_seed(cfg_.seed, step, micro)};
+      model_forward(acts_, model_, x + off, B, T, nullptr, pass);
       result_.loss += model_loss(acts_, model_, y + off) / static_cast<double>(cfg_.grad_accum);
       model_backward(grads_, acts_, model_, x + off, y + off, 1.0f / static_cast<float>(cfg_.grad_accum));
     }
@@ -50,7 +53,7 @@ class CpuEngine final : public TrainEngine {
 
   StepResult finish_step() override { return result_; }
 
-  double eval_loss(const std::int32_t* x, const std::int32_t* y) override {
+  double eval_loss(const std::int32_t* x, const std::int32_t* y) override {   // evaluation: nothing dropped
     model_forward(acts_, model_, x, cfg_.batch_size, cfg_.model.context_length);
     return model_loss(acts_, model_, y);
   }

@@ -18,12 +18,20 @@ const std::vector<TrainField>& train_fields() {
       {"model.rope_theta", "RoPE base"},
       {"model.ffn", "feed-forward: swiglu (default), geglu, reglu, or mlp (no gate; see model.activation)"},
       {"model.activation", "the mlp feed-forward's activation: gelu (default), relu, silu, relu2"},
-      {"model.position", "position signal: rope (default) or none (NoPE)"},
+      {"model.position", "position signal: rope (default), none (NoPE), sinusoidal or learned (absolute, added to the embedding)"},
       {"model.tie_embeddings", "use the token embedding as the LM head (true/false)"},
       {"model.z_loss", "coefficient of the z-loss c·log²Z on the final softmax (0 = off)"},
       {"model.logit_softcap", "soft-cap the final logits at c·tanh(z/c) (0 = off)"},
       {"model.qk_norm", "RMSNorm on each head's queries and keys (true/false)"},
       {"model.block", "block wiring: serial (default) or parallel (attention and feed-forward on one norm)"},
+      {"model.num_kv_heads", "key/value heads (default num_heads; grouped-query attention, 1 = multi-query)"},
+      {"model.head_dim", "size of each attention head (default d_model / num_heads)"},
+      {"model.attention_window", "sliding window W: position p sees keys p-W < j <= p (0 = full causal)"},
+      {"model.full_attention_every", "with a window: layers l with (l+1) % k == 0 attend fully"},
+      {"model.full_attention_position", "the full layers' position signal: rope (default) or none (NoPE)"},
+      {"model.attn_softcap", "soft-cap the attention scores at c·tanh(s/c) (0 = off)"},
+      {"model.dropout", "residual dropout probability (embedding and sublayer outputs; training only)"},
+      {"model.attention_dropout", "dropout probability on the attention probabilities (training only)"},
       {"train_data", "token file to train on (uint16/uint32, from `scratchlm tokenize`)"},
       {"valid_data", "token file for validation loss (\"\" for none)"},
       {"batch_size", "sequences per micro-batch"},
@@ -114,7 +122,8 @@ void merge_train_json(nlohmann::ordered_json& base, const nlohmann::json& overla
 
 nlohmann::json parse_flag_value(const std::string& field, const std::string& text) {
   const bool is_text = field == "train_data" || field == "valid_data" || field == "out_dir" || field == "device" ||
-                       field == "precision" || field == "model.ffn" || field == "model.activation" || field == "model.position" || field == "model.block";
+                       field == "precision" || field == "model.ffn" || field == "model.activation" || field == "model.position" || field == "model.block" ||
+                       field == "model.full_attention_position";
   if (is_text) return text;
   try {
     return nlohmann::json::parse(text);
