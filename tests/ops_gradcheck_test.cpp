@@ -79,20 +79,7 @@ double weighted_sum(std::span<const float> y, std::span<const float> r) {
   return s;
 }
 
-// Runs OpenMP regions on one thread while alive. The finite differences call a forward op on tiny
-// inputs hundreds of times, where waking the thread team costs far more than the work (seconds on a
-// busy machine); the ops compute each output row the same way whatever the thread count, so L is
-// unchanged. The analytic backward and the forward spec checks run with all threads.
-class SingleThreaded {
- public:
-  SingleThreaded() : saved_(omp_get_max_threads()) { omp_set_num_threads(1); }
-  ~SingleThreaded() { omp_set_num_threads(saved_); }
-  SingleThreaded(const SingleThreaded&) = delete;
-  SingleThreaded& operator=(const SingleThreaded&) = delete;
-
- private:
-  int saved_;
-};
+using test::SingleThreaded;
 
 // Central-difference gradient of loss() with respect to each element of x, perturbing x in place
 // (and restoring it). loss() must run the forward op on the current contents of x.

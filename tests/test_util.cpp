@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/wait.h>
+#include <omp.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -76,6 +77,16 @@ const Vocab& corpus_en_vocab() {
       train_bpe({data_path("cs336/corpus.en")}, bpe_options(500, {"<|endoftext|>"}));
   return vocab;
 }
+
+Vocab byte_vocab() {
+  Vocab vocab;
+  for (int b = 0; b < 256; ++b) vocab.tokens.push_back(std::string(1, static_cast<char>(b)));
+  vocab.add_special("<|endoftext|>");
+  return vocab;
+}
+
+SingleThreaded::SingleThreaded() : saved_(omp_get_max_threads()) { omp_set_num_threads(1); }
+SingleThreaded::~SingleThreaded() { omp_set_num_threads(saved_); }
 
 std::vector<std::string> pieces(std::string_view text) {
   std::vector<std::string> out;

@@ -72,6 +72,23 @@ const Vocab& gpt2_vocab();
 // setting); trained once.
 const Vocab& corpus_en_vocab();
 
+// 256 single-byte tokens and <|endoftext|> (id 256): the tokenizer of the small training tests.
+Vocab byte_vocab();
+
+// Runs OpenMP regions on one thread while alive. Tests that run tiny ops or models hundreds of
+// times (finite differences) would spend far more on waking the thread team than on the work
+// (seconds on a busy machine); the ops compute each value the same way at any thread count.
+class SingleThreaded {
+ public:
+  SingleThreaded();
+  ~SingleThreaded();
+  SingleThreaded(const SingleThreaded&) = delete;
+  SingleThreaded& operator=(const SingleThreaded&) = delete;
+
+ private:
+  int saved_;
+};
+
 // The GPT-2 pre-tokenizer's pieces of text.
 std::vector<std::string> pieces(std::string_view text);
 

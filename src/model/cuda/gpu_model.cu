@@ -375,7 +375,8 @@ void download_logits(const GpuModel::Impl& m, std::int64_t first_row, std::int64
 GpuModel::GpuModel(const ModelConfig& c, const GpuModelOptions& o) : impl_(std::make_unique<Impl>()) {
   if (!c.is_default_architecture())
     fail("the GPU path has the CS336 architecture only so far (model fields \"ffn\", \"position\", \"tie_embeddings\", "
-         "\"z_loss\", \"logit_softcap\", \"qk_norm\", \"block\" at their defaults; this model sets ",
+         "\"z_loss\", \"logit_softcap\", \"qk_norm\", \"block\", \"norm\", \"norm_placement\", \"bias\", \"moe\" at "
+         "their defaults; this model sets ",
          to_json(c).dump(), "); train it on the CPU with --device cpu");
   Impl& m = *impl_;
   m.c = c;
