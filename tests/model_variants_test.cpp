@@ -669,18 +669,28 @@ TEST(ModelVariants, MixtureOfExpertsTrainsLogsResumesAndGenerates) {
 }
 
 // The ablation set (configs/ablations/, run by scripts/ablate.sh): every config is a valid run
-// config, each a different model, and the baseline is the main job's model.
+// config, each a different run (a different model, or the same at another learning rate: CS336's
+// no-norm ablation at the baseline's and at a lower one), each with its own out_dir, and the
+// baseline is the main job's model.
 TEST(ModelVariants, AblationConfigsAreValidAndDistinct) {
   const std::filesystem::path dir = std::filesystem::path(SCRATCHLM_TEST_DATA) / ".." / ".." / "configs" / "ablations";
-  std::vector<ModelConfig> models;
+  std::vector<TrainConfig> runs;
   for (const auto& e : std::filesystem::directory_iterator(dir)) {
     nlohmann::ordered_json j = train_defaults();
     merge_train_json(j, read_json_file(e.path().string()), e.path().string());
     const TrainConfig cfg = train_config_from_json(j);
-    for (const ModelConfig& other : models) EXPECT_FALSE(other == cfg.model) << e.path();
-    models.push_back(cfg.model);
+    for (const TrainConfig& other : runs) {
+      EXPECT_FALSE(other.model == cfg.model && other.lr_max == cfg.lr_max) << e.path();
+      EXPECT_NE(other.out_dir, cfg.out_dir) << e.path();
+    }
+    if (e.path().filename() == "baseline.json") {
+      nlohmann::ordered_json main = train_defaults();
+      merge_train_json(main, read_json_file((dir / ".." / "sample.json").string()), "sample.json");
+      EXPECT_EQ(cfg.model, train_config_from_json(main).model);
+    }
+    runs.push_back(cfg);
   }
-  EXPECT_GE(models.size(), 6u);
+  EXPECT_GE(runs.size(), 12u);
 }
 
 }  // namespace
