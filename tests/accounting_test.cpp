@@ -113,6 +113,30 @@ std::vector<ModelConfig> with_ffn_variants(std::vector<ModelConfig> shapes) {
     shapes.push_back(c);
     c.parallel_block = true;
     shapes.push_back(c);
+    // issue 6, second part: norms, placements, biases, mixtures of experts
+    c = shapes[i];
+    c.norm = Norm::layernorm;
+    shapes.push_back(c);
+    c.norm_placement = NormPlacement::pre_and_post;
+    c.bias = true;
+    shapes.push_back(c);
+    c.norm_bias = false;
+    c.norm_placement = NormPlacement::post;
+    shapes.push_back(c);
+    c = shapes[i];
+    c.norm = Norm::none;
+    c.parallel_block = true;
+    c.qk_norm = true;
+    shapes.push_back(c);
+    c = shapes[i];
+    c.moe = {.num_experts = 4, .top_k = 2, .num_shared = 1, .d_ff_expert = c.d_ff / 4};
+    shapes.push_back(c);
+    c.ffn = FfnKind::mlp;
+    c.activation = Activation::gelu;
+    c.bias = true;
+    c.norm_placement = NormPlacement::post;
+    c.moe = {.num_experts = 8, .top_k = 1, .num_shared = 0, .d_ff_expert = c.d_ff / 8, .capacity_factor = 1.0};
+    shapes.push_back(c);
   }
   return shapes;
 }
@@ -126,17 +150,73 @@ TEST(Accounting, ParametersMatchTheParamTable) {
     EXPECT_EQ(p.total, layout.total) << c.d_model;
     EXPECT_EQ(p.embedding, layout.find("token_embeddings.weight").numel());
     EXPECT_EQ(p.lm_head, c.tie_embeddings ? 0 : layout.find("lm_head.weight").numel());
-    EXPECT_EQ(p.attention_per_layer, layout.find("layers.0.attn.q_proj.weight").numel() +
-                                         layout.find("layers.0.attn.k_proj.weight").numel() +
-                                         layout.find("layers.0.attn.v_proj.weight").numel() +
-                                         layout.find("layers.0.attn.output_proj.weight").numel());
+    // Each component against the table's tensors of layer 0, by name.
+    std::int64_t attention = 0, norms = 0, ffn = 0, router = 0, expert0 = 0;
+    for (const ParamSpec& spec : layout.specs) {
+      if (!spec.name.starts_with("layers.0.")) continue;
+      const std::string n = spec.name.substr(9);
+      if (n.starts_with("attn.q_norm") || n.starts_with("attn.k_norm") || n.find("norm") != std::string::npos ||
+          n.starts_with("ln"))
+        norms += spec.numel();
+      else if (n.starts_with("attn.")) attention += spec.numel();
+      else if (n.starts_with("ffn.")) ffn += spec.numel();
+      if (n.starts_with("ffn.router.")) router += spec.numel();
+      if (n.starts_with("ffn.experts.0.")) expert0 += spec.numel();
+    }
+    EXPECT_EQ(p.attention_per_layer, attention);
+    EXPECT_EQ(p.norms_per_layer, norms);
+    EXPECT_EQ(p.ffn_per_layer, ffn);
+    EXPECT_EQ(p.router_per_layer, router);
+    EXPECT_EQ(p.per_expert, expert0);
+    const ParamSpec* final_norm = layout.get("ln_final.weight");
+    const ParamSpec* final_bias = layout.get("ln_final.bias");
+    EXPECT_EQ(p.final_norm, (final_norm ? final_norm->numel() : 0) + (final_bias ? final_bias->numel() : 0));
+    if (!c.is_moe()) {
+      EXPECT_EQ(p.active, p.total);
+    }
     EXPECT_EQ(p.position_embedding,
               c.position == Position::learned ? layout.find("position_embeddings.weight").numel() : 0);
     EXPECT_EQ(p.non_embedding, p.total - p.embedding - p.position_embedding);
-    EXPECT_EQ(p.ffn_per_layer, layout.find("layers.0.ffn.w1.weight").numel() +
-                                   layout.find("layers.0.ffn.w2.weight").numel() +
-                                   (c.gated() ? layout.find("layers.0.ffn.w3.weight").numel() : 0));
   }
+}
+
+TEST(Accounting, MixtureOfExpertsByHand) {
+  // V 100, C 16, L 2, H 2, T 8; SwiGLU experts E 4, k 2, S 1, Fe 8; biases; LayerNorm with bias in
+  // double placement (4 norms a layer).
+  ModelConfig c = shape(100, 8, 16, 2, 2, 64);
+  c.bias = true;
+  c.norm = Norm::layernorm;
+  c.norm_placement = NormPlacement::pre_and_post;
+  c.moe = {.num_experts = 4, .top_k = 2, .num_shared = 1, .d_ff_expert = 8};
+  // Parameters: embedding and head 100·16 = 1,600 each; attention 4·16² + 4·16 = 1,088 a layer;
+  // norms 4·(16 + 16) = 128; router 4·16 = 64; one expert 3·16·8 + 2·8 + 16 = 416, five of them
+  // 2,080, the feed-forward 2,144; a layer 1,088 + 128 + 2,144 = 3,360; final norm 32.
+  //   total = 1,600 + 2·3,360 + 32 + 1,600 = 9,952; active: the router and 3 experts, 64 + 3·416 =
+  //   1,312 a layer, so 9,952 − 2·(2,144 − 1,312) = 8,288.
+  const Accounting a = compute_accounting(c, 3, 8);
+  EXPECT_EQ(a.params.attention_per_layer, 1088);
+  EXPECT_EQ(a.params.norms_per_layer, 128);
+  EXPECT_EQ(a.params.router_per_layer, 64);
+  EXPECT_EQ(a.params.per_expert, 416);
+  EXPECT_EQ(a.params.ffn_per_layer, 2144);
+  EXPECT_EQ(a.params.ffn_active_per_layer, 1312);
+  EXPECT_EQ(a.params.final_norm, 32);
+  EXPECT_EQ(a.params.total, 9952);
+  EXPECT_EQ(a.params.active, 8288);
+  // Forward FLOPs, one sequence of T = 8, per layer:
+  //   q, k, v, o 4·2·8·16² = 16,384; QKᵀ, PV 2·2·8²·16 = 4,096; router 2·8·16·4 = 1,024;
+  //   routed experts 3 products · 2·8·2·16·8 = 12,288; the shared one 3 · 2·8·1·16·8 = 6,144
+  //   → 39,936 a layer, 79,872 for both; lm_head 2·8·16·100 = 25,600; forward 105,472.
+  EXPECT_EQ(a.forward_per_sequence, 105472.0);
+  EXPECT_DOUBLE_EQ(train_flops_per_token(c, 8), 3 * 105472.0 / 8);
+  EXPECT_EQ(a.training_per_step, 3 * 3 * 105472.0);
+  // Without norms: no norm parameters at all, ln_final included.
+  ModelConfig bare = shape(100, 8, 16, 2, 2, 64);
+  bare.norm = Norm::none;
+  const ParamCounts p = compute_accounting(bare, 1, 8).params;
+  EXPECT_EQ(p.norms_per_layer, 0);
+  EXPECT_EQ(p.final_norm, 0);
+  EXPECT_EQ(p.total, 2 * 1600 + 2 * (4 * 256 + 3 * 16 * 64));
 }
 
 TEST(Accounting, MemoryMatchesTheCpuActivations) {
@@ -257,6 +337,23 @@ TEST(AccountingCli, JsonAndRunConfig) {
   const Accounting a = compute_accounting(gpt2_xl(), 4, 512);
   EXPECT_EQ(j["flops"]["forward_per_sequence"]["total"].get<double>(), a.forward_per_sequence);
   EXPECT_EQ(j["memory_bytes"]["activations"]["total"].get<std::int64_t>(), a.memory.activations);
+  EXPECT_FALSE(j["parameters"].contains("active"));   // a dense model: every parameter is active
+
+  // A mixture of experts: the active count and the experts' rows.
+  nlohmann::json moe = nlohmann::json::parse(read_bytes(config_path("gpt2-xl.json")));
+  moe["moe"] = {{"num_experts", 8}, {"top_k", 2}, {"d_ff_expert", 1600}};
+  write_bytes(dir.file("moe.json"), moe.dump());
+  CliResult m = run_cli({"accounting", "--config", dir.file("moe.json"), "--json"});
+  ASSERT_EQ(m.exit_code, 0) << m.err;
+  const nlohmann::json mj = nlohmann::json::parse(m.out);
+  // a layer: router 8·1,600 = 12,800, an expert 3·1,600·1,600 = 7,680,000; inactive 6 experts a layer
+  EXPECT_EQ(mj["parameters"]["per_expert"].get<std::int64_t>(), 7'680'000);
+  EXPECT_EQ(mj["parameters"]["total"].get<std::int64_t>() - mj["parameters"]["active"].get<std::int64_t>(),
+            std::int64_t{48} * 6 * 7'680'000);
+  CliResult table = run_cli({"accounting", "--config", dir.file("moe.json")});
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_NE(table.out.find("experts w1 (k of E)"), std::string::npos) << table.out;
+  EXPECT_NE(table.out.find("active per token"), std::string::npos) << table.out;
 }
 
 TEST(AccountingCli, BadConfigsFailCleanly) {

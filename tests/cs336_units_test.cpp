@@ -334,7 +334,7 @@ TEST(Cs336Units, AdamWDecayNormGainsFalseExemptsExactlyTheNormGains) {
   // The gains are the RMSNorm weights, and only they.
   std::set<std::string> gains;
   for (const ParamSpec& s : layout.specs)
-    if (s.is_norm_gain) gains.insert(s.name);
+    if (s.is_gain_or_bias) gains.insert(s.name);
   EXPECT_EQ(gains, (std::set<std::string>{"layers.0.ln1.weight", "layers.0.ln2.weight", "layers.1.ln1.weight",
                                           "layers.1.ln2.weight", "ln_final.weight"}));
 
@@ -355,7 +355,7 @@ TEST(Cs336Units, AdamWDecayNormGainsFalseExemptsExactlyTheNormGains) {
     AdamWState state(layout.total);
     adamw_step(p.data(), zero.data(), state, layout, lr, opt);
     for (const ParamSpec& s : layout.specs) {
-      const bool decayed = decay_gains || !s.is_norm_gain;
+      const bool decayed = decay_gains || !s.is_gain_or_bias;
       for (i64 i = s.offset; i < s.offset + s.numel(); ++i)
         ASSERT_EQ(p[sz(i)], decayed ? p0[sz(i)] * shrink : p0[sz(i)]) << s.name;
     }
@@ -365,7 +365,7 @@ TEST(Cs336Units, AdamWDecayNormGainsFalseExemptsExactlyTheNormGains) {
   opt.decay_norm_gains = false;
   std::vector<bool> is_gain(sz(layout.total), false);
   for (const ParamSpec& s : layout.specs)
-    for (i64 i = s.offset; i < s.offset + s.numel(); ++i) is_gain[sz(i)] = s.is_norm_gain;
+    for (i64 i = s.offset; i < s.offset + s.numel(); ++i) is_gain[sz(i)] = s.is_gain_or_bias;
   std::vector<float> p = p0;
   AdamWState state(layout.total);
   AdamWReference ref(p0);
@@ -377,7 +377,7 @@ TEST(Cs336Units, AdamWDecayNormGainsFalseExemptsExactlyTheNormGains) {
   EXPECT_LE(rel_error(p, ref.p), 3e-6);
   // and the gains alone moved by the Adam step only
   for (const ParamSpec& s : layout.specs) {
-    if (!s.is_norm_gain) continue;
+    if (!s.is_gain_or_bias) continue;
     std::vector<float> got(p.begin() + s.offset, p.begin() + s.offset + s.numel());
     std::vector<double> want(ref.p.begin() + s.offset, ref.p.begin() + s.offset + s.numel());
     EXPECT_LE(rel_error(got, want), 3e-6) << s.name;

@@ -1,17 +1,21 @@
 // The architecture variants of the model (issue 6), on the CPU: each variant's whole-model gradient
 // against central finite differences of the loss, its parameter table, and the command line.
 // Variants so far: the feed-forward (SwiGLU, GeGLU, ReGLU, plain MLP with ReLU, GeLU, SiLU, ReLU²),
-// NoPE, tied embeddings, z-loss, final-logit soft-capping, QK-norm and parallel blocks; on the
-// attention side grouped-query and multi-query attention, a head size other than d_model / heads,
-// sliding windows (alone, interleaved with full layers, with NoPE on the full layers), the score
-// soft-cap, sinusoidal and learned absolute positions, and dropout. Every variant also decodes
-// through the KV cache to the full forward's logits.
+// NoPE, tied embeddings, z-loss, final-logit soft-capping, QK-norm, parallel blocks, the norm
+// (RMSNorm, LayerNorm with and without a bias, none) and its placement (pre, post, double), biases,
+// mixtures of experts (top-k routing, shared experts, fine-grained experts, capacity dropping, the
+// load-balancing loss); on the attention side grouped-query and multi-query attention, a head size
+// other than d_model / heads, sliding windows (alone, interleaved with full layers, with NoPE on the
+// full layers), the score soft-cap, sinusoidal and learned absolute positions, and dropout. Also:
+// each variant's KV-cache decoding against its full forward, and the MoE layer against a plain
+// double-precision loop of its formula.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "generate/generate.h"
 #include "model/model.h"
@@ -19,12 +23,15 @@
 #include "tensor/device.h"
 #include "tensor/safetensors.h"
 #include "test_util.h"
+#include "tokenizer/vocab.h"
 #include "train/train_config.h"
 #include "util/json_file.h"
 #include "util/error.h"
 
 namespace scratchlm {
 namespace {
+
+using test::SingleThreaded;
 
 struct Variant {
   FfnKind ffn = FfnKind::swiglu;
@@ -39,7 +46,20 @@ struct Variant {
   bool full_nope = false;
   double attn_softcap = 0;
   double dropout = 0, attention_dropout = 0;
+  Norm norm = Norm::rmsnorm;
+  bool norm_bias = true;
+  NormPlacement placement = NormPlacement::pre;
+  bool bias = false;
+  MoeConfig moe = {};
 };
+
+// Mixtures of experts of the tiny model (d_model 8).
+constexpr MoeConfig kTop2Shared{.num_experts = 4, .top_k = 2, .num_shared = 1, .d_ff_expert = 12, .aux_loss = 0.1};
+constexpr MoeConfig kFineGrained{.num_experts = 8, .top_k = 3, .num_shared = 1, .d_ff_expert = 4, .aux_loss = 0.1};
+// capacity ceil(0.5·10·2/4) = 3 of the 20 assignments per expert: at least 8 are dropped
+constexpr MoeConfig kCapacity{.num_experts = 4, .top_k = 2, .d_ff_expert = 8, .aux_loss = 0.1, .capacity_factor = 0.5};
+// The load-balancing loss weighted heavily, so that a wrong gradient of it shows.
+constexpr MoeConfig kHeavyAux{.num_experts = 4, .top_k = 1, .d_ff_expert = 8, .aux_loss = 5.0};
 
 const Variant kVariants[] = {
     {},
@@ -73,6 +93,33 @@ const Variant kVariants[] = {
     {.softcap = 3.0, .qk_norm = true, .parallel = true, .heads = 4, .kv_heads = 1, .head_dim = 4, .window = 3,
      .full_every = 2, .full_nope = true, .attn_softcap = 1.0, .dropout = 0.1, .attention_dropout = 0.1},
     {.position = Position::learned, .kv_heads = 1, .window = 3, .dropout = 0.1},
+    {.norm = Norm::layernorm},
+    {.norm = Norm::layernorm, .norm_bias = false},
+    {.norm = Norm::none},
+    {.placement = NormPlacement::post},
+    {.placement = NormPlacement::pre_and_post},
+    {.norm = Norm::layernorm, .placement = NormPlacement::pre_and_post},
+    {.bias = true},
+    // the issue's combinations: post-norm + LayerNorm + GeLU MLP; MoE top-2 with a shared expert
+    {.ffn = FfnKind::mlp, .activation = Activation::gelu, .norm = Norm::layernorm, .placement = NormPlacement::post},
+    {.moe = kTop2Shared},
+    {.moe = kFineGrained},
+    {.moe = kCapacity},
+    {.moe = kHeavyAux},
+    {.qk_norm = true, .parallel = true, .norm = Norm::none, .bias = true},
+    {.ffn = FfnKind::geglu, .activation = Activation::gelu, .qk_norm = true, .norm = Norm::layernorm,
+     .placement = NormPlacement::pre_and_post, .bias = true, .moe = kTop2Shared},
+    {.ffn = FfnKind::mlp, .activation = Activation::gelu, .parallel = true, .bias = true, .moe = kCapacity},
+    // attention and norm/ffn variants together: GQA with a window under post-LayerNorm with biases;
+    // MQA with a head size of its own and attention dropout around a double-norm MoE (with residual
+    // dropout as well the loss curves enough that h = 1e-2 measures 8e-3, 1.2e-3 at h = 4e-3: the h²
+    // of truncation, not a wrong gradient; each pair of the three is checked below 6e-4)
+    {.heads = 4, .kv_heads = 2, .window = 3, .dropout = 0.1, .norm = Norm::layernorm,
+     .placement = NormPlacement::post, .bias = true},
+    {.kv_heads = 1, .head_dim = 6, .attention_dropout = 0.1, .placement = NormPlacement::pre_and_post,
+     .moe = kTop2Shared},
+    {.dropout = 0.1, .attention_dropout = 0.1, .placement = NormPlacement::pre_and_post},
+    {.dropout = 0.1, .moe = kTop2Shared},
 };
 
 ModelConfig tiny(const Variant& v) {
@@ -94,6 +141,11 @@ ModelConfig tiny(const Variant& v) {
   c.attn_softcap = v.attn_softcap;
   c.dropout = v.dropout;
   c.attention_dropout = v.attention_dropout;
+  c.norm = v.norm;
+  c.norm_bias = v.norm_bias;
+  c.norm_placement = v.placement;
+  c.bias = v.bias;
+  c.moe = v.moe;
   validate(c, "tiny");
   return c;
 }
@@ -108,22 +160,75 @@ Model initialised(const ModelConfig& c, std::uint64_t seed) {
   return model;
 }
 
+// Every layer's routing decisions: each token's set of selected experts, each marked kept or dropped
+// (the order of the selected among themselves changes nothing: a token's slots go to distinct
+// experts, so the capacity cut, in token order, does not depend on it either).
+std::vector<std::pair<std::int32_t, bool>> routing(const Activations& acts, const ModelConfig& c) {
+  std::vector<std::pair<std::int32_t, bool>> r;
+  if (!c.is_moe()) return r;
+  const std::size_t k = static_cast<std::size_t>(c.moe.top_k);
+  for (const LayerActs& l : acts.layers)
+    for (std::size_t n = 0; n < l.moe_expert.size() / k; ++n) {
+      std::vector<std::pair<std::int32_t, bool>> token;
+      for (std::size_t j = 0; j < k; ++j) token.emplace_back(l.moe_expert[n * k + j], l.moe_row[n * k + j] >= 0);
+      std::sort(token.begin(), token.end());
+      r.insert(r.end(), token.begin(), token.end());
+    }
+  return r;
+}
+
+// The smallest gap, over every layer's tokens, between the log-probabilities of the k-th and the
+// (k+1)-th most probable expert (infinite without MoE or with k = E): how far the router logits
+// must move before a routing decision changes.
+double routing_margin(const Activations& acts, const ModelConfig& c) {
+  double margin = INFINITY;
+  const std::int64_t E = c.moe.num_experts, k = c.moe.top_k;
+  if (!c.is_moe() || k == E) return margin;
+  for (const LayerActs& l : acts.layers)
+    for (std::size_t n = 0; n < l.moe_expert.size() / k; ++n) {
+      const float* p = l.router_probs.data() + n * E;
+      const float kth = p[l.moe_expert[n * k + k - 1]];
+      float next = 0;   // the most probable expert not selected
+      for (std::int64_t e = 0; e < E; ++e)
+        if (std::find(&l.moe_expert[n * k], &l.moe_expert[n * k] + k, e) == &l.moe_expert[n * k] + k)
+          next = std::max(next, p[e]);
+      margin = std::min(margin, std::log(static_cast<double>(kth)) - std::log(static_cast<double>(next)));
+    }
+  return margin;
+}
+
 // Loss and gradients of the whole model against central differences of the fp32 loss (accumulated in
 // double) at 3 entries of every parameter tensor. Error budget: the loss (≈3) carries a few
 // ε·sqrt(tokens) of rounding, so a step h = 1e-2 gives ≈ 1e-5 of absolute noise per entry, and
-// truncation h²·L''' is ~1e-5 relative: measured 5e-5 – 2e-3 over the sampled entries together, so
-// the bound is 5e-3. (The largest, 2e-3 for the interleaved window, is truncation: one entry of
-// gradient 0.35 off by 6e-4 at h = 1e-2 and by 1.5e-4 at h = 5e-3, the h² of a central difference.) ReLU's kink falls inside a step for some pre-activations, where the central
+// truncation h²·L''' is ~1e-5 relative: measured 3e-5 – 9e-4 over the sampled entries together
+// (3e-3 with LayerNorm in double placement, whose norms of the small sublayer outputs curve the loss
+// most), so the bound is 5e-3. ReLU's kink falls inside a step for some pre-activations, where the central
 // difference averages two slopes: measured 1e-2 for the ReLU MLP, bound 5e-2. A wrong backward is
-// far off (GeLU's derivative without its x·φ(x) term: 0.13 – 0.15). The passes are training passes
-// with a fixed dropout seed: the masks are the same in every evaluation of the loss, which is then
-// a smooth function of the weights (and without dropout the phase changes nothing).
+// far off (GeLU's derivative without its x·φ(x) term: 0.13 – 0.15). (The interleaved window's
+// 2e-3 is truncation: one entry of gradient 0.35 off by 6e-4 at h = 1e-2 and by 1.5e-4 at h = 5e-3,
+// the h² of a central difference.) The passes are training passes with a fixed dropout seed: the
+// masks are the same in every evaluation of the loss, which is then a smooth function of the
+// weights (and without dropout the phase changes nothing).
+//
+// Mixtures of experts: the objective (cross-entropy + aux_loss · Σ aux) is piecewise smooth — a
+// top-k choice, the capacity cut and the counts f_e change only where two router probabilities
+// cross, and there the loss jumps. A central difference is valid only if neither perturbed point
+// changes a decision, so the test checks that every perturbation leaves every layer's routing (the
+// selected experts and the kept assignments) as it was: for these seeds and h = 1e-2 the smallest
+// gap between a token's k-th and (k+1)-th probability is far above what a step moves it. The
+// initialisation's seed is the first from 7 on whose routing margin (routing_margin) is at least 0.2
+// in log-probability: one weight moved by h shifts a router logit by h·|x| ≲ 0.05 (directly, or
+// through the layers below). Each
+// router tensor is also checked alone (its gradient, through the softmax, the renormalisation and
+// the aux term, is a small part of the whole): measured 1e-5 – 9e-4, bound 5e-3. Leaving out the
+// aux term's gradient, or the renormalisation's −Σ dw·w, fails both checks (0.06 – 1).
 TEST(ModelVariants, WholeModelGradientMatchesFiniteDifferences) {
+  SingleThreaded one_thread;
   const PassOptions train{.phase = Phase::training, .dropout_seed = 1234};
   for (const Variant& v : kVariants) {
     SCOPED_TRACE(name(v));
     const ModelConfig c = tiny(v);
-    Model model = initialised(c, 7);
+    Model model(c);
     const std::int64_t B = 2, T = 5, N = B * T;
     std::vector<std::int32_t> ids(N), targets(N);
     for (std::int64_t i = 0; i < N; ++i) {
@@ -131,31 +236,54 @@ TEST(ModelVariants, WholeModelGradientMatchesFiniteDifferences) {
       targets[i] = static_cast<std::int32_t>((i * 5 + 1) % c.vocab_size);
     }
     Activations acts(c, B, T);
-    auto loss = [&] {   // the objective backward differentiates: cross-entropy + z-loss
+    for (std::uint64_t seed = 7;; ++seed) {
+      ASSERT_LT(seed, 100u) << "no seed with a clear routing";
+      Rng rng(seed);
+      init_params(model.layout, model.params.data(), rng);
+      model_forward(acts, model, ids.data(), B, T, nullptr, train);
+      if (routing_margin(acts, c) >= 0.05) break;
+    }
+    auto loss = [&] {   // the objective backward differentiates: cross-entropy + z-loss + MoE aux
       model_forward(acts, model, ids.data(), B, T, nullptr, train);
       double objective = model_loss(acts, model, targets.data());
       for (float l : acts.ce_lse) objective += c.z_loss * l * l / static_cast<double>(N);
-      return objective;
+      return objective + c.moe.aux_loss * moe_aux(acts);
     };
     loss();
+    const auto decisions = routing(acts, c);
+    if (c.moe.capacity_factor > 0) {
+      std::int64_t dropped = 0;
+      for (const LayerActs& l : acts.layers) dropped += l.moe_dropped;
+      EXPECT_GE(dropped, 8 * c.num_layers);   // the capacity really cuts
+    }
     std::vector<float> grads(model.params.size(), 0.0f);
     model_backward(grads, acts, model, ids.data(), targets.data(), 1.0f);
     std::vector<double> analytic, numeric;
-    test::SingleThreaded one_thread;   // see test_util.h
-    for (const ParamSpec& spec : model.layout.specs)
+    int flips = 0;
+    for (const ParamSpec& spec : model.layout.specs) {
+      std::vector<double> spec_analytic, spec_numeric;
       for (std::int64_t k = 0; k < std::min<std::int64_t>(3, spec.numel()); ++k) {
         const std::int64_t i = spec.offset + (k * 7919) % spec.numel();
         const float saved = model.params[i];
         model.params[i] = saved + 1e-2f;
         const float up = model.params[i];
         const double l_up = loss();
+        flips += routing(acts, c) != decisions;
         model.params[i] = saved - 1e-2f;
         const float down = model.params[i];
         const double l_down = loss();
+        flips += routing(acts, c) != decisions;
         model.params[i] = saved;
-        numeric.push_back((l_up - l_down) / (static_cast<double>(up) - down));
-        analytic.push_back(grads[i]);
+        spec_numeric.push_back((l_up - l_down) / (static_cast<double>(up) - down));
+        spec_analytic.push_back(grads[i]);
       }
+      if (spec.name.ends_with("router.weight")) {
+        EXPECT_LE(test::rel_error(spec_analytic, spec_numeric), 5e-3) << spec.name;
+      }
+      analytic.insert(analytic.end(), spec_analytic.begin(), spec_analytic.end());
+      numeric.insert(numeric.end(), spec_numeric.begin(), spec_numeric.end());
+    }
+    EXPECT_EQ(flips, 0) << "a perturbation changed a routing decision: the finite differences are not valid";
     const bool kinked = v.activation == Activation::relu;
     EXPECT_LE(test::rel_error(analytic, numeric), kinked ? 5e-2 : 5e-3);
   }
@@ -177,6 +305,16 @@ TEST(ModelVariants, PlainMlpHasNoGateWeights) {
   float arena = 0;
   const ModelWeights w = model_weights(tied, &arena);
   EXPECT_EQ(w.lm_head, w.embedding);
+}
+
+// The names of one layer's tensors, in table order ("layers.0." left out).
+std::vector<std::string> layer0(const Variant& v) {
+  ModelConfig c = tiny(v);
+  c.num_layers = 1;
+  std::vector<std::string> names;
+  for (const ParamSpec& s : param_layout(c).specs)
+    if (s.name.starts_with("layers.0.")) names.push_back(s.name.substr(9));
+  return names;
 }
 
 TEST(ModelVariants, AttentionShapesInTheParamTable) {
@@ -204,6 +342,134 @@ TEST(ModelVariants, AttentionShapesInTheParamTable) {
   EXPECT_FLOAT_EQ(sin_model.sinusoid[5 * 8 + 5], static_cast<float>(std::cos(5.0 / 100.0)));   // 2i = 4: 10000^(−1/2)
 }
 
+TEST(ModelVariants, NormBiasAndExpertTensorsAreNamedAndPlaced) {
+  using Names = std::vector<std::string>;
+  const Names attn = {"attn.q_proj.weight", "attn.k_proj.weight", "attn.v_proj.weight", "attn.output_proj.weight"};
+  auto cat = [](std::initializer_list<Names> parts) {
+    Names all;
+    for (const Names& p : parts) all.insert(all.end(), p.begin(), p.end());
+    return all;
+  };
+  const Names dense = {"ffn.w1.weight", "ffn.w2.weight", "ffn.w3.weight"};
+  EXPECT_EQ(layer0({}), cat({{"ln1.weight"}, attn, {"ln2.weight"}, dense}));
+  EXPECT_EQ(layer0({.norm = Norm::none}), cat({attn, dense}));
+  EXPECT_EQ(layer0({.placement = NormPlacement::post}), layer0({}));   // the same tensors, applied after
+  EXPECT_EQ(layer0({.norm = Norm::layernorm}), cat({{"ln1.weight", "ln1.bias"}, attn, {"ln2.weight", "ln2.bias"}, dense}));
+  EXPECT_EQ(layer0({.norm = Norm::layernorm, .norm_bias = false}), layer0({}));
+  EXPECT_EQ(layer0({.qk_norm = true, .norm = Norm::layernorm, .norm_bias = false, .placement = NormPlacement::pre_and_post}),
+            cat({{"ln1.weight"}, attn, {"attn.q_norm.weight", "attn.k_norm.weight", "post_attn_norm.weight", "ln2.weight"},
+                 dense, {"post_ffn_norm.weight"}}));
+  EXPECT_EQ(layer0({.ffn = FfnKind::mlp, .activation = Activation::gelu, .bias = true}),
+            (Names{"ln1.weight", "attn.q_proj.weight", "attn.q_proj.bias", "attn.k_proj.weight", "attn.k_proj.bias",
+                   "attn.v_proj.weight", "attn.v_proj.bias", "attn.output_proj.weight", "attn.output_proj.bias",
+                   "ln2.weight", "ffn.w1.weight", "ffn.w1.bias", "ffn.w2.weight", "ffn.w2.bias"}));
+  const MoeConfig two{.num_experts = 2, .top_k = 1, .num_shared = 1, .d_ff_expert = 4};
+  EXPECT_EQ(layer0({.ffn = FfnKind::mlp, .activation = Activation::gelu, .moe = two}),
+            cat({{"ln1.weight"}, attn,
+                 {"ln2.weight", "ffn.router.weight", "ffn.experts.0.w1.weight", "ffn.experts.0.w2.weight",
+                  "ffn.experts.1.w1.weight", "ffn.experts.1.w2.weight", "ffn.shared_experts.0.w1.weight",
+                  "ffn.shared_experts.0.w2.weight"}}));
+  // Shapes, inits and the weight-decay flag: biases (C or d_out) are zeros, gains ones, both flagged.
+  const ParamLayout layout = param_layout(tiny({.norm = Norm::layernorm, .bias = true, .moe = two}));
+  EXPECT_EQ(layout.find("layers.1.attn.k_proj.bias").shape, (std::vector<std::int64_t>{8}));
+  EXPECT_EQ(layout.find("layers.1.ffn.experts.1.w1.bias").shape, (std::vector<std::int64_t>{4}));
+  EXPECT_EQ(layout.find("layers.1.ffn.experts.1.w2.bias").shape, (std::vector<std::int64_t>{8}));
+  EXPECT_EQ(layout.find("layers.1.ffn.router.weight").shape, (std::vector<std::int64_t>{2, 8}));
+  EXPECT_EQ(layout.get("layers.1.ffn.router.bias"), nullptr);   // no bias on the router
+  EXPECT_EQ(layout.find("ln_final.bias").init, ParamInit::zeros);
+  for (const ParamSpec& s : layout.specs)
+    EXPECT_EQ(s.is_gain_or_bias, s.name.ends_with(".bias") || s.name.find("ln") != std::string::npos) << s.name;
+  std::vector<float> arena(static_cast<std::size_t>(layout.total));
+  Rng rng(1);
+  init_params(layout, arena.data(), rng);
+  const ModelWeights w = model_weights(layout, arena.data());
+  EXPECT_EQ(w.layers[1].experts.size(), 2u);
+  EXPECT_EQ(w.layers[1].shared_experts.size(), 1u);
+  EXPECT_EQ(w.layers[1].w1, nullptr);   // no dense feed-forward
+  EXPECT_EQ(w.layers[1].bq[3], 0.0f);
+  EXPECT_EQ(w.ln_final_bias[0], 0.0f);
+  // Without norms there is no ln_final either.
+  EXPECT_EQ(param_layout(tiny({.norm = Norm::none})).get("ln_final.weight"), nullptr);
+}
+
+// The MoE feed-forward against its formula in plain double loops, for one layer: router softmax, top-k
+// (ties to the lower index), renormalised weights, SwiGLU experts of width Fe, the shared expert,
+// capacity in token order then slot order, and the load-balancing loss. Tolerance: the model is fp32
+// and the spec double; the outputs are sums of a few dozen O(1) products, so 1e-5 relative.
+TEST(ModelVariants, MixtureOfExpertsMatchesItsFormula) {
+  SingleThreaded one_thread;
+  for (const MoeConfig& moe : {kTop2Shared, kFineGrained, kCapacity}) {
+    ModelConfig c = tiny({.bias = true, .moe = moe});
+    c.num_layers = 1;
+    SCOPED_TRACE(to_json(c).dump());
+    Model model(c);
+    Rng rng(11);
+    init_params(model.layout, model.params.data(), rng);
+    for (float& p : model.params) p += 0.01f;   // biases away from 0
+    const std::int64_t B = 2, T = 5, N = B * T, C = c.d_model, E = moe.num_experts, k = moe.top_k, Fe = moe.d_ff_expert;
+    std::vector<std::int32_t> ids(N);
+    for (std::int64_t i = 0; i < N; ++i) ids[i] = static_cast<std::int32_t>((i * 5 + 2) % c.vocab_size);
+    Activations acts(c, B, T, Activations::WithBackward::no);
+    model_forward(acts, model, ids.data(), B, T);
+    const LayerActs& a = acts.layers[0];
+    const LayerWeights lw = model.weights().layers[0];
+    auto swiglu = [&](const FfnWeights& f, const float* x) {   // w2(silu(w1 x + b1) ⊙ (w3 x + b3)) + b2
+      std::vector<double> h(static_cast<std::size_t>(Fe)), out(static_cast<std::size_t>(C));
+      for (std::int64_t i = 0; i < Fe; ++i) {
+        double u = f.b1[i], g = f.b3[i];
+        for (std::int64_t j = 0; j < C; ++j) u += static_cast<double>(f.w1[i * C + j]) * x[j], g += static_cast<double>(f.w3[i * C + j]) * x[j];
+        h[i] = u / (1 + std::exp(-u)) * g;
+      }
+      for (std::int64_t j = 0; j < C; ++j) {
+        out[j] = f.b2[j];
+        for (std::int64_t i = 0; i < Fe; ++i) out[j] += static_cast<double>(f.w2[j * Fe + i]) * h[i];
+      }
+      return out;
+    };
+    const std::int64_t capacity = moe.capacity_factor > 0 ? static_cast<std::int64_t>(std::ceil(moe.capacity_factor * N * k / E)) : N * k;
+    std::vector<std::int64_t> taken(static_cast<std::size_t>(E), 0), routed(static_cast<std::size_t>(E), 0);
+    std::vector<double> want, got, mean_p(static_cast<std::size_t>(E), 0.0);
+    for (std::int64_t n = 0; n < N; ++n) {
+      const float* x = a.ln2.data() + n * C;   // the feed-forward's input
+      std::vector<double> p(static_cast<std::size_t>(E));
+      double z = 0;
+      for (std::int64_t e = 0; e < E; ++e) {
+        for (std::int64_t j = 0; j < C; ++j) p[e] += static_cast<double>(lw.router[e * C + j]) * x[j];
+      }
+      const double max = *std::max_element(p.begin(), p.end());
+      for (double& v : p) z += (v = std::exp(v - max));
+      for (std::int64_t e = 0; e < E; ++e) mean_p[e] += p[e] / z / N;
+      std::vector<std::int64_t> order(static_cast<std::size_t>(E));
+      for (std::int64_t e = 0; e < E; ++e) order[e] = e;
+      std::stable_sort(order.begin(), order.end(), [&](std::int64_t i, std::int64_t j) { return p[i] > p[j]; });
+      double selected = 0;
+      for (std::int64_t j = 0; j < k; ++j) selected += p[order[j]];
+      std::vector<double> y(static_cast<std::size_t>(C), 0.0);
+      if (moe.num_shared == 1) y = swiglu(lw.shared_experts[0], x);
+      for (std::int64_t j = 0; j < k; ++j) {
+        const std::int64_t e = order[j];
+        EXPECT_EQ(a.moe_expert[n * k + j], e) << n;
+        routed[e] += 1;
+        if (taken[e]++ >= capacity) continue;   // dropped: adds nothing
+        const std::vector<double> out = swiglu(lw.experts[e], x);
+        for (std::int64_t i = 0; i < C; ++i) y[i] += p[e] / selected * out[i];
+      }
+      for (std::int64_t i = 0; i < C; ++i) {
+        want.push_back(y[i]);
+        got.push_back(acts.x_final[n * C + i] - a.x_mid[n * C + i]);   // x_out = x_mid + ffn
+      }
+    }
+    EXPECT_LE(test::rel_error(got, want), 1e-5);
+    double aux = 0;
+    for (std::int64_t e = 0; e < E; ++e) {
+      EXPECT_EQ(a.expert_tokens[e], routed[e]);
+      aux += E * static_cast<double>(routed[e]) / static_cast<double>(N * k) * mean_p[e];
+    }
+    EXPECT_NEAR(a.moe_aux, aux, 1e-6 * aux);
+    EXPECT_EQ(a.moe_dropped > 0, moe.capacity_factor > 0);
+  }
+}
+
 // Decoding through the KV cache gives the full forward's logits at every position, for every
 // variant: token by token from the first position, and after prefills of 3 and 6 tokens (6 is past
 // every window here: windowed layers' rings have wrapped, and a prefill longer than the window
@@ -215,7 +481,11 @@ TEST(ModelVariants, KvCacheDecodingMatchesTheFullForward) {
   for (const Variant& v : kVariants) {
     SCOPED_TRACE(name(v));
     const ModelConfig c = tiny(v);
-    Model model = initialised(c, 11);
+    // Generation is dropless: a capacity model decodes as its dropless twin, whose full forward is
+    // the reference (KvCacheGenerationEqualsTheFullForward compares the two).
+    ModelConfig dropless = c;
+    dropless.moe.capacity_factor = 0;
+    Model model = initialised(dropless, 11);
     Rng rng(11);
     const std::int64_t T = c.context_length, V = c.vocab_size;
     std::vector<std::int32_t> ids(static_cast<std::size_t>(T));
@@ -257,6 +527,38 @@ TEST(ModelVariants, KvCacheDecodingMatchesTheFullForward) {
       const auto want = static_cast<std::int32_t>(std::max_element(last, last + V) - last);
       ASSERT_EQ(got.tokens[n], want) << "token " << n;
       seq.push_back(want);
+    }
+  }
+}
+
+// Generation with a KV cache gives the full forward's logits for every variant (a MoE one routes
+// each new token alone; generation is dropless, so a capacity model is compared with the same
+// weights without capacity).
+TEST(ModelVariants, KvCacheGenerationEqualsTheFullForward) {
+  SingleThreaded one_thread;
+  for (const Variant& v : kVariants) {
+    SCOPED_TRACE(name(v));
+    const ModelConfig c = tiny(v);
+    ModelConfig dropless = c;
+    dropless.moe.capacity_factor = 0;
+    Model model(c), reference(dropless);
+    Rng rng(5);
+    init_params(model.layout, model.params.data(), rng);
+    reference.params = model.params;
+    const std::int64_t T = 7;
+    const std::vector<std::int32_t> ids = {3, 17, 4, 4, 21, 9, 0};
+    Activations full(c, 1, T, Activations::WithBackward::no);
+    model_forward(full, reference, ids.data(), 1, T);
+    KvCache cache(c, c.context_length);
+    Activations prefill(c, 1, 3, Activations::WithBackward::no), step(c, 1, 1, Activations::WithBackward::no);
+    model_forward(prefill, model, ids.data(), 1, 3, &cache);
+    auto row = [&](std::int64_t t) {
+      return std::vector<float>(full.logits.begin() + t * c.vocab_size, full.logits.begin() + (t + 1) * c.vocab_size);
+    };
+    EXPECT_LE(test::rel_error(std::vector<float>(prefill.logits.begin(), prefill.logits.begin() + c.vocab_size), row(2)), 1e-5);
+    for (std::int64_t t = 3; t < T; ++t) {
+      model_forward(step, model, ids.data() + t, 1, 1, &cache);
+      EXPECT_LE(test::rel_error(std::vector<float>(step.logits.begin(), step.logits.begin() + c.vocab_size), row(t)), 1e-5) << t;
     }
   }
 }
@@ -473,6 +775,83 @@ TEST(ModelVariants, AttentionConfigFieldsAndTheirErrors) {
   fails_naming({{"dropout", "a lot"}}, {"\"dropout\"", "number"});
 }
 
+TEST(ModelVariants, DffFromTheRatioOrTheDefaultAndTheNewFieldsRoundTrip) {
+  const nlohmann::json base = {{"vocab_size", 23}, {"context_length", 8}, {"d_model", 100}, {"num_layers", 1},
+                               {"num_heads", 2}};
+  auto with = [&](nlohmann::json extra) {   // {} reads as null
+    nlohmann::json j = base;
+    if (!extra.is_null()) j.update(extra);
+    return model_config_from_json(j, "x");
+  };
+  // By hand: 8/3·100 = 266.7 → 320; 4·100 = 400 → 448; 3·100 = 300 → 320; 1.28·100 = 128 exactly → 128.
+  EXPECT_EQ(with({}).d_ff, 320);
+  EXPECT_EQ(with({{"ffn", "geglu"}}).d_ff, 320);
+  EXPECT_EQ(with({{"ffn", "mlp"}}).d_ff, 448);
+  EXPECT_EQ(with({{"d_ff_ratio", 3}}).d_ff, 320);
+  EXPECT_EQ(with({{"d_ff_ratio", 1.28}}).d_ff, 128);
+  EXPECT_EQ(with({{"d_ff", 77}}).d_ff, 77);
+  const nlohmann::ordered_json resolved = to_json(with({{"d_ff_ratio", 3}}));
+  EXPECT_EQ(resolved["d_ff"], 320);   // the effective config holds the resolved width, not the ratio
+  EXPECT_FALSE(resolved.contains("d_ff_ratio"));
+  // The MoE's defaults: d_ff_expert = d_ff, no shared experts, α = 0.01, dropless.
+  const ModelConfig moe = with({{"moe", {{"num_experts", 4}, {"top_k", 2}}}});
+  EXPECT_EQ(moe.moe, (MoeConfig{.num_experts = 4, .top_k = 2, .num_shared = 0, .d_ff_expert = 320, .aux_loss = 0.01,
+                                .capacity_factor = 0}));
+  for (const ModelConfig& c :
+       {moe, with({{"norm", "layernorm"}, {"norm_bias", false}, {"norm_placement", "double"}, {"bias", true}}),
+        with({{"norm", "none"}, {"block", "parallel"}}), with({{"norm_placement", "post"}, {"ffn", "mlp"}}),
+        with({{"moe", {{"num_experts", 8}, {"top_k", 1}, {"num_shared", 2}, {"d_ff_expert", 64}, {"aux_loss", 0},
+                       {"capacity_factor", 1.25}}}})}) {
+    EXPECT_EQ(model_config_from_json(nlohmann::json(to_json(c)), "x"), c) << to_json(c).dump();
+    EXPECT_FALSE(c.is_default_architecture());   // the GPU path refuses them
+  }
+  EXPECT_TRUE(with({{"norm", "rmsnorm"}, {"norm_placement", "pre"}, {"bias", false}}).is_default_architecture());
+  EXPECT_EQ(to_json(with({{"norm", "rmsnorm"}, {"norm_placement", "pre"}, {"bias", false}})), to_json(with({})));
+}
+
+TEST(ModelVariants, BadNormBiasDffAndMoeFieldsAreNamed) {
+  const nlohmann::json base = {{"vocab_size", 23}, {"context_length", 8}, {"d_model", 8}, {"num_layers", 1},
+                               {"num_heads", 2}};
+  const std::vector<std::pair<nlohmann::json, std::vector<std::string>>> cases = {
+      {{{"norm", "batchnorm"}}, {"\"norm\"", "batchnorm"}},
+      {{{"norm_bias", false}}, {"\"norm_bias\"", "layernorm"}},
+      {{{"norm", "none"}, {"norm_bias", true}}, {"\"norm_bias\"", "layernorm"}},
+      {{{"norm", "layernorm"}, {"norm_bias", "no"}}, {"\"norm_bias\"", "true or false"}},
+      {{{"norm_placement", "sandwich"}}, {"\"norm_placement\"", "sandwich"}},
+      {{{"norm_placement", "post"}, {"block", "parallel"}}, {"\"block\"", "\"norm_placement\""}},
+      {{{"norm_placement", "double"}, {"block", "parallel"}}, {"\"block\"", "\"norm_placement\""}},
+      {{{"norm", "none"}, {"norm_placement", "post"}}, {"\"norm_placement\"", "\"norm\""}},
+      {{{"d_ff", 12}, {"d_ff_ratio", 2}}, {"\"d_ff\"", "\"d_ff_ratio\""}},
+      {{{"d_ff_ratio", 0}}, {"\"d_ff_ratio\""}},
+      {{{"d_ff_ratio", "big"}}, {"\"d_ff_ratio\""}},
+      {{{"bias", 1}}, {"\"bias\""}},
+      {{{"moe", 4}}, {"\"moe\"", "object"}},
+      {{{"moe", {{"top_k", 1}}}}, {"\"moe.num_experts\"", "missing"}},
+      {{{"moe", {{"num_experts", 0}, {"top_k", 1}}}}, {"\"moe.num_experts\""}},
+      {{{"moe", {{"num_experts", 4}}}}, {"\"moe.top_k\"", "missing"}},
+      {{{"moe", {{"num_experts", 4}, {"top_k", 0}}}}, {"\"moe.top_k\""}},
+      {{{"moe", {{"num_experts", 4}, {"top_k", 5}}}}, {"\"moe.top_k\"", "num_experts"}},
+      {{{"moe", {{"num_experts", 4}, {"top_k", 2}, {"d_ff_expert", 0}}}}, {"\"moe.d_ff_expert\""}},
+      {{{"moe", {{"num_experts", 4}, {"top_k", 2}, {"num_shared", -1}}}}, {"\"moe.num_shared\""}},
+      {{{"moe", {{"num_experts", 4}, {"top_k", 2}, {"aux_loss", -0.1}}}}, {"\"moe.aux_loss\""}},
+      {{{"moe", {{"num_experts", 4}, {"top_k", 2}, {"capacity_factor", -1}}}}, {"\"moe.capacity_factor\""}},
+      {{{"moe", {{"num_experts", 4}, {"top_k", 2}, {"capacity", 1}}}}, {"\"moe.capacity\"", "unknown"}},
+      {{{"moe", {{"num_experts", 4.5}, {"top_k", 2}}}}, {"\"moe.num_experts\"", "integer"}},
+  };
+  for (const auto& [extra, needles] : cases) {
+    nlohmann::json j = base;
+    j.update(extra);
+    try {
+      model_config_from_json(j, "cfg.json");
+      ADD_FAILURE() << "accepted " << j.dump();
+    } catch (const Error& e) {
+      for (const std::string& needle : needles)
+        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("cfg.json"), std::string::npos) << e.what();
+    }
+  }
+}
+
 // The command: a plain-MLP model trains on the CPU, checkpoints without w3 and resumes; the GPU
 // path, which has SwiGLU only so far, refuses it by name.
 TEST(ModelVariants, TrainsAndResumesFromTheCommandLine) {
@@ -503,19 +882,90 @@ TEST(ModelVariants, TrainsAndResumesFromTheCommandLine) {
                                {"\"ffn\"", "mlp", "--device cpu"});
 }
 
+// A mixture of experts with LayerNorm, post-norm and biases from the command line: the model field
+// as a JSON flag, d_ff from a ratio flag over the file's d_ff, the MoE records in metrics.jsonl,
+// resume, generation from the checkpoint; the GPU path refuses it by name.
+TEST(ModelVariants, MixtureOfExpertsTrainsLogsResumesAndGenerates) {
+  test::TempDir dir;
+  save_tokenizer_dir(dir.file("tok"), test::byte_vocab());
+  std::vector<std::uint32_t> tokens;
+  for (int rep = 0; rep < 200; ++rep)
+    for (unsigned char ch : std::string("the cat sat on the mat. ")) tokens.push_back(ch);
+  test::write_tokens(dir.file("train.bin"), tokens);
+  const nlohmann::json run = {
+      {"model", {{"vocab_size", 257}, {"context_length", 16}, {"d_model", 16}, {"num_layers", 2}, {"num_heads", 2},
+                 {"d_ff", 48}, {"norm", "layernorm"}, {"norm_placement", "post"}, {"bias", true}}},
+      {"train_data", dir.file("train.bin")}, {"batch_size", 4}, {"threads", 1}, {"peak_flops", 1e10},
+      {"log_interval", 2}, {"device", "cpu"}, {"optimizer", {{"warmup", 2}, {"cycle", 8}}}};
+  test::write_bytes(dir.file("run.json"), run.dump());
+  const std::string moe = R"({"num_experts": 4, "top_k": 2, "num_shared": 1, "d_ff_expert": 8, "capacity_factor": 1.0})";
+  const auto first = test::run_cli({"train", "--config", dir.file("run.json"), "--model.moe", moe, "--model.d_ff_ratio",
+                                    "2", "--steps", "4", "--out_dir", dir.file("run")});
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  EXPECT_NE(first.err.find("moe aux"), std::string::npos) << first.err;   // progress lines go to stderr
+  const nlohmann::json saved = nlohmann::json::parse(test::read_bytes(dir.file("run") + "/config.json"));
+  EXPECT_EQ(saved["model"]["d_ff"], 64);   // the flag's ratio 2 replaced the file's d_ff: 64·ceil(2·16/64)
+  EXPECT_FALSE(saved["model"].contains("d_ff_ratio"));
+  EXPECT_EQ(saved["model"]["moe"]["aux_loss"], 0.01);   // defaults resolved
+  const SafetensorsFile weights(dir.file("run") + "/checkpoints/step_000004/model.safetensors");
+  EXPECT_TRUE(weights.has("layers.1.ffn.experts.3.w2.bias"));
+  EXPECT_TRUE(weights.has("layers.1.ffn.shared_experts.0.w1.weight"));
+  EXPECT_TRUE(weights.has("ln_final.bias"));
+  EXPECT_FALSE(weights.has("layers.0.ffn.w1.weight"));
+  std::int64_t records = 0;
+  std::istringstream metrics(test::read_bytes(dir.file("run") + "/metrics.jsonl"));
+  for (std::string line; std::getline(metrics, line);) {
+    const nlohmann::json r = nlohmann::json::parse(line);
+    if (!r.contains("train_loss")) continue;
+    ++records;
+    ASSERT_TRUE(r.contains("moe_aux")) << line;
+    EXPECT_GE(r["moe_aux"].get<double>(), 0.0);
+    ASSERT_EQ(r["expert_tokens"].size(), 2u);
+    for (const auto& layer : r["expert_tokens"]) {
+      ASSERT_EQ(layer.size(), 4u);
+      std::int64_t sum = 0;
+      for (const auto& n : layer) sum += n.get<std::int64_t>();
+      EXPECT_EQ(sum, 4 * 16 * 2);   // B·T tokens, k = 2 assignments each
+    }
+    EXPECT_EQ(r["moe_dropped"].size(), 2u);
+  }
+  EXPECT_EQ(records, 3);   // steps 1, 2, 4
+  const auto resumed = test::run_cli({"train", "--resume", dir.file("run"), "--steps", "6"});
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  const auto gen = test::run_cli({"generate", "--checkpoint", dir.file("run"), "--tokenizer", dir.file("tok"), "--prompt",
+                                  "the cat", "--max-new-tokens", "8", "--temperature", "0", "--threads", "1", "--device",
+                                  "cpu"});
+  ASSERT_EQ(gen.exit_code, 0) << gen.err;
+  EXPECT_EQ(gen.out.rfind("the cat", 0), 0u) << gen.out;
+  if (cuda_device_count() > 0)
+    test::expect_clean_failure(test::run_cli({"train", "--config", dir.file("run.json"), "--model.moe", moe, "--steps",
+                                              "2", "--out_dir", dir.file("gpu"), "--device", "cuda"}),
+                               {"\"moe\"", "--device cpu"});
+}
+
 // The ablation set (configs/ablations/, run by scripts/ablate.sh): every config is a valid run
-// config, each a different model, and the baseline is the main job's model.
+// config, each a different run (a different model, or the same at another learning rate: CS336's
+// no-norm ablation at the baseline's and at a lower one), each with its own out_dir, and the
+// baseline is the main job's model.
 TEST(ModelVariants, AblationConfigsAreValidAndDistinct) {
   const std::filesystem::path dir = std::filesystem::path(SCRATCHLM_TEST_DATA) / ".." / ".." / "configs" / "ablations";
-  std::vector<ModelConfig> models;
+  std::vector<TrainConfig> runs;
   for (const auto& e : std::filesystem::directory_iterator(dir)) {
     nlohmann::ordered_json j = train_defaults();
     merge_train_json(j, read_json_file(e.path().string()), e.path().string());
     const TrainConfig cfg = train_config_from_json(j);
-    for (const ModelConfig& other : models) EXPECT_FALSE(other == cfg.model) << e.path();
-    models.push_back(cfg.model);
+    for (const TrainConfig& other : runs) {
+      EXPECT_FALSE(other.model == cfg.model && other.lr_max == cfg.lr_max) << e.path();
+      EXPECT_NE(other.out_dir, cfg.out_dir) << e.path();
+    }
+    if (e.path().filename() == "baseline.json") {
+      nlohmann::ordered_json main = train_defaults();
+      merge_train_json(main, read_json_file((dir / ".." / "sample.json").string()), "sample.json");
+      EXPECT_EQ(cfg.model, train_config_from_json(main).model);
+    }
+    runs.push_back(cfg);
   }
-  EXPECT_GE(models.size(), 6u);
+  EXPECT_GE(runs.size(), 12u);
 }
 
 }  // namespace

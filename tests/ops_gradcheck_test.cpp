@@ -47,6 +47,7 @@
 #include "ops/cross_entropy.h"
 #include "ops/dropout.h"
 #include "ops/embedding.h"
+#include "ops/layernorm.h"
 #include "ops/linear.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
@@ -333,6 +334,128 @@ TEST(OpsGradcheck, RmsNormBackward) {
                    Accumulate::yes);
   EXPECT_LE(rel_error(dx_acc, plus(dx0, fd_x)), kTolNonlinearOp);
   EXPECT_LE(rel_error(dgain_acc, plus(dgain0, fd_gain)), kTolNonlinearOp);
+}
+
+TEST(OpsGradcheck, LinearWithBias) {
+  // Forward: the product plus the bias on every row, against the double loop; backward: dbias the
+  // column sums of dout (exact up to the sum's rounding), dx and dw as without a bias.
+  const i64 N = 5, Din = 6, Dout = 7;
+  Rng rng(15);
+  std::vector<float> x = randn(rng, N * Din), w = randn(rng, Dout * Din), bias = randn(rng, Dout);
+  const std::vector<float> R = randn(rng, N * Dout);
+  std::vector<float> out(sz(N * Dout), kGarbage);
+  linear_forward(out.data(), x.data(), w.data(), bias.data(), N, Din, Dout);
+  std::vector<double> want(sz(N * Dout));
+  for (i64 n = 0; n < N; ++n)
+    for (i64 o = 0; o < Dout; ++o) {
+      want[sz(n * Dout + o)] = bias[sz(o)];
+      for (i64 i = 0; i < Din; ++i) want[sz(n * Dout + o)] += static_cast<double>(x[sz(n * Din + i)]) * w[sz(o * Din + i)];
+    }
+  EXPECT_LE(rel_error(out, want), kTolForward);
+  auto loss = [&] {
+    linear_forward(out.data(), x.data(), w.data(), bias.data(), N, Din, Dout);
+    return weighted_sum(out, R);
+  };
+  const std::vector<double> fd_x = numeric_grad(x, loss), fd_w = numeric_grad(w, loss), fd_b = numeric_grad(bias, loss);
+  const std::vector<float> db0 = randn(rng, Dout);   // dbias accumulates
+  std::vector<float> dx(sz(N * Din), kGarbage), dw(sz(Dout * Din), 0.0f), db = db0;
+  linear_backward(dx.data(), dw.data(), db.data(), R.data(), x.data(), w.data(), N, Din, Dout, Accumulate::no);
+  EXPECT_LE(rel_error(dx, fd_x), kTolLinearOp);
+  EXPECT_LE(rel_error(dw, fd_w), kTolLinearOp);
+  EXPECT_LE(rel_error(db, plus(db0, fd_b)), kTolLinearOp);
+  // A null bias is the plain op.
+  std::vector<float> plain(sz(N * Dout)), none(sz(N * Dout));
+  linear_forward(plain.data(), x.data(), w.data(), N, Din, Dout);
+  linear_forward(none.data(), x.data(), w.data(), nullptr, N, Din, Dout);
+  EXPECT_EQ(plain, none);
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm
+
+TEST(OpsGradcheck, LayerNormForwardMatchesSpec) {
+  // Rows with a large common offset: the two-pass variance keeps its digits where E[x²] − E[x]²
+  // would cancel them.
+  const i64 N = 5, C = 6;
+  Rng rng(16);
+  std::vector<float> x = randn(rng, N * C, 3.0);
+  for (i64 c = 0; c < C; ++c) x[sz(2 * C + c)] += 1000.0f;
+  const std::vector<float> weight = randn(rng, C), bias = randn(rng, C);
+  for (const bool with_bias : {true, false}) {
+    SCOPED_TRACE(with_bias ? "bias" : "no bias");
+    std::vector<float> out(sz(N * C), kGarbage), mean(sz(N), kGarbage), rstd(sz(N), kGarbage);
+    layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), weight.data(), with_bias ? bias.data() : nullptr,
+                      N, C);
+    std::vector<double> want(sz(N * C)), want_mean(sz(N)), want_rstd(sz(N));
+    for (i64 n = 0; n < N; ++n) {
+      double mu = 0.0, var = 0.0;
+      for (i64 c = 0; c < C; ++c) mu += static_cast<double>(x[sz(n * C + c)]) / static_cast<double>(C);
+      for (i64 c = 0; c < C; ++c) var += (x[sz(n * C + c)] - mu) * (x[sz(n * C + c)] - mu) / static_cast<double>(C);
+      want_mean[sz(n)] = mu;
+      want_rstd[sz(n)] = 1.0 / std::sqrt(var + static_cast<double>(kLayerNormEps));
+      for (i64 c = 0; c < C; ++c)
+        want[sz(n * C + c)] = (x[sz(n * C + c)] - mu) * want_rstd[sz(n)] * weight[sz(c)] + (with_bias ? bias[sz(c)] : 0.0);
+    }
+    EXPECT_LE(rel_error(out, want), kTolForward);
+    EXPECT_LE(rel_error(mean, want_mean), kTolForward);
+    EXPECT_LE(rel_error(rstd, want_rstd), kTolForward);
+  }
+}
+
+TEST(OpsGradcheck, LayerNormBackward) {
+  const i64 N = 5, C = 6;
+  Rng rng(17);
+  std::vector<float> x = randn(rng, N * C), weight = randn(rng, C, 0.5), bias = randn(rng, C);
+  for (float& g : weight) g += 1.0f;   // weights around 1, as trained
+  const std::vector<float> R = randn(rng, N * C);
+  std::vector<float> out(sz(N * C)), mean(sz(N)), rstd(sz(N));
+  for (const bool with_bias : {true, false}) {
+    SCOPED_TRACE(with_bias ? "bias" : "no bias");
+    const float* b = with_bias ? bias.data() : nullptr;
+    auto loss = [&] {
+      layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), weight.data(), b, N, C);
+      return weighted_sum(out, R);
+    };
+    const std::vector<double> fd_x = numeric_grad(x, loss), fd_w = numeric_grad(weight, loss),
+                              fd_b = numeric_grad(bias, loss);
+    loss();   // statistics of the unperturbed input
+
+    std::vector<float> dx(sz(N * C), kGarbage), dw(sz(C), 0.0f), db(sz(C), 0.0f);
+    layernorm_backward(dx.data(), dw.data(), with_bias ? db.data() : nullptr, R.data(), x.data(), weight.data(),
+                       mean.data(), rstd.data(), N, C, Accumulate::no);
+    EXPECT_LE(rel_error(dx, fd_x), kTolNonlinearOp);
+    EXPECT_LE(rel_error(dw, fd_w), kTolNonlinearOp);
+    if (with_bias) EXPECT_LE(rel_error(db, fd_b), kTolNonlinearOp);
+    else EXPECT_EQ(db, std::vector<float>(sz(C), 0.0f));
+
+    const std::vector<float> dx0 = randn(rng, N * C), dw0 = randn(rng, C);
+    std::vector<float> dx_acc = dx0, dw_acc = dw0;
+    layernorm_backward(dx_acc.data(), dw_acc.data(), nullptr, R.data(), x.data(), weight.data(), mean.data(),
+                       rstd.data(), N, C, Accumulate::yes);
+    EXPECT_LE(rel_error(dx_acc, plus(dx0, fd_x)), kTolNonlinearOp);
+    EXPECT_LE(rel_error(dw_acc, plus(dw0, fd_w)), kTolNonlinearOp);
+  }
+  // Properties a wrong formula breaks: shifting a row does not change its output, so its gradient
+  // sums to zero over the row; scaling it changes the output only through eps, so Σ x̂·dx is
+  // eps·r³·Σ g·x̂ (from Σ x̂² = C·var·r² = C·(1 − eps·r²)) rather than 0.
+  std::vector<float> dx(sz(N * C));
+  std::vector<float> dw(sz(C), 0.0f);
+  layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), weight.data(), nullptr, N, C);
+  layernorm_backward(dx.data(), dw.data(), nullptr, R.data(), x.data(), weight.data(), mean.data(), rstd.data(), N, C,
+                     Accumulate::no);
+  for (i64 n = 0; n < N; ++n) {
+    const double r = rstd[sz(n)];
+    double sum = 0.0, dot = 0.0, gx = 0.0, scale = 0.0;
+    for (i64 c = 0; c < C; ++c) {
+      const double xhat = (x[sz(n * C + c)] - mean[sz(n)]) * r;
+      sum += dx[sz(n * C + c)];
+      dot += dx[sz(n * C + c)] * xhat;
+      gx += static_cast<double>(weight[sz(c)]) * R[sz(n * C + c)] * xhat;
+      scale += std::fabs(dx[sz(n * C + c)]);
+    }
+    EXPECT_LE(std::fabs(sum), 1e-6 * scale) << n;   // a few roundings of the O(1) terms
+    EXPECT_LE(std::fabs(dot - kLayerNormEps * r * r * r * gx), 1e-6 * scale) << n;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/wait.h>
+#include <omp.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -74,6 +75,13 @@ const Vocab& gpt2_vocab() {
 const Vocab& corpus_en_vocab() {
   static const Vocab vocab =
       train_bpe({data_path("cs336/corpus.en")}, bpe_options(500, {"<|endoftext|>"}));
+  return vocab;
+}
+
+Vocab byte_vocab() {
+  Vocab vocab;
+  for (int b = 0; b < 256; ++b) vocab.tokens.push_back(std::string(1, static_cast<char>(b)));
+  vocab.add_special("<|endoftext|>");
   return vocab;
 }
 

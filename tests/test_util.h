@@ -88,6 +88,9 @@ const Vocab& gpt2_vocab();
 // setting); trained once.
 const Vocab& corpus_en_vocab();
 
+// 256 single-byte tokens and <|endoftext|> (id 256): the tokenizer of the small training tests.
+Vocab byte_vocab();
+
 // The GPT-2 pre-tokenizer's pieces of text.
 std::vector<std::string> pieces(std::string_view text);
 

@@ -261,10 +261,7 @@ TEST(TrainCommand, LearnsLogsAndCheckpoints) {
 TEST(GenerateCommand, GreedyIsDeterministicAndSamplingFollowsTheSeed) {
   // A byte-level vocabulary (256 bytes + <|endoftext|>) and a model trained on a repeated sentence.
   TempDir dir;
-  Vocab vocab;
-  for (int b = 0; b < 256; ++b) vocab.tokens.push_back(std::string(1, static_cast<char>(b)));
-  vocab.add_special("<|endoftext|>");
-  save_tokenizer_dir(dir.file("tok"), vocab);
+  save_tokenizer_dir(dir.file("tok"), test::byte_vocab());
   std::vector<std::uint32_t> ids;
   for (int rep = 0; rep < 400; ++rep)
     for (unsigned char ch : std::string("the cat sat on the mat. ")) ids.push_back(ch);

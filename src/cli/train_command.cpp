@@ -29,13 +29,15 @@ void run(const TrainArgs& args, const std::map<std::string, CLI::Option*>& optio
     merge_train_json(j, read_checkpoint_state(checkpoint).run_config, checkpoint + "/state.json");
   }
   if (!args.config.empty()) merge_train_json(j, read_json_file(args.config), args.config);
+  nlohmann::json flags = nlohmann::json::object();
   for (const auto& [name, option] : options) {
     if (option->count() == 0) continue;
     const std::string& text = args.fields.at(name);
     const auto dot = name.find('.');
-    if (dot == std::string::npos) j[name] = parse_flag_value(name, text);
-    else j[name.substr(0, dot)][name.substr(dot + 1)] = parse_flag_value(name, text);
+    if (dot == std::string::npos) flags[name] = parse_flag_value(name, text);
+    else flags[name.substr(0, dot)][name.substr(dot + 1)] = parse_flag_value(name, text);
   }
+  merge_train_json(j, flags, "flags");
   if (!j.contains("model"))
     fail("train: no model config: give --config FILE, --resume DIR, or the --model.* and --train_data flags");
   const TrainConfig cfg = train_config_from_json(j);

@@ -31,19 +31,47 @@ std::int64_t full_layers(const ModelConfig& c) {
   return n;
 }
 
+// The number of norms (ln1, ln2, the double norms) of a layer, and each one's parameters.
+std::int64_t norms_in_layer(const ModelConfig& c) {
+  if (!c.has_norms()) return 0;
+  return (c.parallel_block ? 1 : 2) + (c.norm_placement == NormPlacement::pre_and_post ? 2 : 0);
+}
+std::int64_t params_per_norm(const ModelConfig& c) {
+  return c.has_norms() ? (c.norm_has_bias() ? 2 : 1) * c.d_model : 0;
+}
+
+// One feed-forward of width f: w1, w2 (and w3 when gated), with their biases.
+std::int64_t ffn_params(const ModelConfig& c, std::int64_t f) {
+  const std::int64_t C = c.d_model, matrices = c.gated() ? 3 : 2;
+  const std::int64_t biases = c.bias ? add(mul(matrices - 1, f), C) : 0;   // b1 (and b3) of f, b2 of C
+  return add(mul(matrices, mul(C, f)), biases);
+}
+
 ParamCounts count_params(const ModelConfig& c) {
   const std::int64_t V = c.vocab_size, C = c.d_model, L = c.num_layers, F = c.d_ff;
   ParamCounts p;
   p.embedding = mul(V, C);
   p.position_embedding = c.position == Position::learned ? mul(c.context_length, C) : 0;
-  p.attention_per_layer = mul(2 * C, add(c.q_width(), c.kv_width()));   // q, output (Q·C each); k, v (K·C each)
-  p.norms_per_layer = add(mul(c.parallel_block ? 1 : 2, C), c.qk_norm ? 2 * c.d_head() : 0);   // ln1, ln2 (+ q_norm, k_norm)
-  p.ffn_per_layer = mul(c.gated() ? 3 : 2, mul(C, F));
-  p.final_norm = C;
+  // q, output (Q·C each); k, v (K·C each); with "bias" the biases q (Q), k, v (K each), output (C)
+  const std::int64_t Q = c.q_width(), K = c.kv_width();
+  p.attention_per_layer = add(mul(2 * C, add(Q, K)), c.bias ? add(add(Q, mul(2, K)), C) : 0);
+  p.norms_per_layer = add(mul(norms_in_layer(c), params_per_norm(c)), c.qk_norm ? 2 * c.d_head() : 0);   // (+ q_norm, k_norm)
+  if (c.is_moe()) {
+    const MoeConfig& m = c.moe;
+    p.router_per_layer = mul(m.num_experts, C);
+    p.per_expert = ffn_params(c, m.d_ff_expert);
+    p.ffn_per_layer = add(p.router_per_layer, mul(add(m.num_experts, m.num_shared), p.per_expert));
+    p.ffn_active_per_layer = add(p.router_per_layer, mul(add(m.top_k, m.num_shared), p.per_expert));
+  } else {
+    p.ffn_per_layer = ffn_params(c, F);
+    p.ffn_active_per_layer = p.ffn_per_layer;
+  }
+  p.final_norm = params_per_norm(c);
   p.lm_head = c.tie_embeddings ? 0 : mul(V, C);   // tied: the embedding is the head
   const std::int64_t per_layer = add(add(p.attention_per_layer, p.norms_per_layer), p.ffn_per_layer);
   p.total = add(add(add(add(p.embedding, p.position_embedding), mul(L, per_layer)), p.final_norm), p.lm_head);
   p.non_embedding = p.total - p.embedding - p.position_embedding;
+  p.active = p.total - mul(L, p.ffn_per_layer - p.ffn_active_per_layer);
   return p;
 }
 
@@ -53,6 +81,7 @@ ParamCounts count_params(const ModelConfig& c) {
 // × H heads = 2·T·keys·Q, with keys = T in a full layer (unmasked) and min(W, T) in a windowed one.
 // (Grouped-query heads share keys, not products: Hkv changes only the k and v projections.)
 // Formulas name Q and K as C where they equal it (the CS336 shape), else as H·D and Hkv·D.
+// A mixture of experts: the router (T, C)·(C, E), then per token k routed and S shared experts.
 std::vector<MatmulFlops> forward_matmuls(const ModelConfig& c, std::int64_t seq_len) {
   const double V = static_cast<double>(c.vocab_size), T = static_cast<double>(seq_len),
                C = static_cast<double>(c.d_model), L = static_cast<double>(c.num_layers),
@@ -75,9 +104,20 @@ std::vector<MatmulFlops> forward_matmuls(const ModelConfig& c, std::int64_t seq_
     terms.push_back({"mix P·V, window", "2·T·min(W,T)·" + q + "·L_win", 2 * T * keys_win * Q * L_win});
   }
   terms.push_back({"output_proj", "2·T·" + q + "·C·L", 2 * T * Q * C * L});
-  terms.push_back({"ffn w1", "2·T·C·F·L", 2 * T * C * F * L});
-  if (c.gated()) terms.push_back({"ffn w3", "2·T·C·F·L", 2 * T * C * F * L});
-  terms.push_back({"ffn w2", "2·T·F·C·L", 2 * T * F * C * L});
+  if (c.is_moe()) {
+    const double E = static_cast<double>(c.moe.num_experts), k = static_cast<double>(c.moe.top_k),
+                 S = static_cast<double>(c.moe.num_shared), Fe = static_cast<double>(c.moe.d_ff_expert);
+    terms.push_back({"router", "2·T·C·E·L", 2 * T * C * E * L});
+    for (const char* w : {"w1", "w3", "w2"}) {
+      if (std::string(w) == "w3" && !c.gated()) continue;
+      terms.push_back({str("experts ", w, " (k of E)"), "2·T·k·C·Fe·L", 2 * T * k * C * Fe * L});
+      if (S > 0) terms.push_back({str("shared experts ", w), "2·T·S·C·Fe·L", 2 * T * S * C * Fe * L});
+    }
+  } else {
+    terms.push_back({"ffn w1", "2·T·C·F·L", 2 * T * C * F * L});
+    if (c.gated()) terms.push_back({"ffn w3", "2·T·C·F·L", 2 * T * C * F * L});
+    terms.push_back({"ffn w2", "2·T·F·C·L", 2 * T * F * C * L});
+  }
   terms.push_back({"lm_head", "2·T·C·V", 2 * T * C * V});
   return terms;
 }
@@ -89,50 +129,150 @@ double sum_flops(const std::vector<MatmulFlops>& terms) {
 }
 
 // Rough forward FLOPs outside the matmuls, per token (exp, divide and rsqrt counted as one FLOP):
-//   per layer: 2 RMSNorms 2·4C (square-accumulate, scale by rstd and gain), RoPE on q and k 3·(Q + K)
-//              (4 multiplies + 2 adds per pair), softmax over the keys per head 5·H·keys (scale,
-//              max, subtract, exp, sum, divide ≈ 5; keys = T, or min(W, T) in a windowed layer),
-//              SwiGLU gate 5F (silu(a)·b), residual adds 2C
-//   final:     RMSNorm 4C, cross-entropy 4V (max, subtract, exp, sum)
+//   per layer: each norm 4C (RMSNorm: square-accumulate, scale by rstd and gain) or 6C (LayerNorm:
+//              also the mean and the bias), RoPE on q and k 3·(Q + K) (4 multiplies + 2 adds per
+//              pair), softmax over the keys per head 5·H·keys (scale, max, subtract, exp, sum, divide
+//              ≈ 5; keys = T, or min(W, T) in a windowed layer), the gate 5 a hidden unit (silu(a)·b),
+//              residual adds 2C, one add a bias value; a mixture of experts: the router's softmax 5E,
+//              the top-k search k·E, the weighted scatter 2kC
+//   final:     the final norm, cross-entropy 4V (max, subtract, exp, sum)
 double non_matmul_per_sequence(const ModelConfig& c, std::int64_t seq_len) {
   const double V = static_cast<double>(c.vocab_size), T = static_cast<double>(seq_len),
                C = static_cast<double>(c.d_model), H = static_cast<double>(c.num_heads),
-               F = static_cast<double>(c.d_ff), QK = static_cast<double>(c.q_width() + c.kv_width());
+               F = static_cast<double>(c.d_ff), Q = static_cast<double>(c.q_width()),
+               K = static_cast<double>(c.kv_width());
+  const double norm = c.norm == Norm::layernorm ? 6 * C : c.norm == Norm::rmsnorm ? 4 * C : 0;
+  const double biases = c.bias ? Q + 2 * K + C : 0;   // the attention's; the feed-forward's below
+  double ffn = 5 * F + (c.bias ? (c.gated() ? 2 : 1) * F + C : 0);
+  if (c.is_moe()) {
+    const double E = static_cast<double>(c.moe.num_experts), k = static_cast<double>(c.moe.top_k),
+                 S = static_cast<double>(c.moe.num_shared), Fe = static_cast<double>(c.moe.d_ff_expert);
+    ffn = 5 * E + k * E + 2 * k * C + (k + S) * (5 * Fe + (c.bias ? (c.gated() ? 2 : 1) * Fe + C : 0));
+  }
   double layers = 0;
   for (std::int64_t l = 0; l < c.num_layers; ++l) {
     const double keys = c.full_attention_layer(l) ? T : static_cast<double>(std::min(c.attention_window, seq_len));
-    layers += 8 * C + (c.layer_rope(l) ? 3 * QK : 0) + 5 * H * keys + 5 * F + 2 * C;
+    layers += static_cast<double>(norms_in_layer(c)) * norm + (c.layer_rope(l) ? 3 * (Q + K) : 0) + 5 * H * keys + ffn +
+              2 * C + biases;
   }
-  return T * (layers + 4 * C + 4 * V);
+  return T * (layers + norm + 4 * V);
 }
 
-// The CPU path's plan (Activations in model.h, allocated with backward), in bytes for N tokens.
+// A count of values per token, kept both as a number and as a formula in the dimension letters
+// ("8C + 2 + H + 3F"), so that the report shows the formula of the config at hand.
+class Count {
+ public:
+  // coef · symbol, where symbol stands for `value` ("" for a constant 1).
+  void add(std::int64_t coef, const std::string& symbol, std::int64_t value) {
+    value_ = scratchlm::add(value_, mul(coef, value));
+    for (auto& [s, k] : terms_)
+      if (s == symbol) {
+        k += coef;
+        return;
+      }
+    terms_.emplace_back(symbol, coef);
+  }
+  std::int64_t value() const { return value_; }
+  std::string formula() const {
+    std::string out;
+    for (const auto& [s, k] : terms_) {
+      if (k == 0) continue;
+      if (!out.empty()) out += " + ";
+      if (s.empty()) out += std::to_string(k);
+      else out += k == 1 ? s : s.size() == 1 ? std::to_string(k) + s : std::to_string(k) + "·" + s;
+    }
+    return out.empty() ? "0" : out;
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::int64_t>> terms_;
+  std::int64_t value_ = 0;
+};
+
+// The CPU path's plan (Activations in model.h, allocated with backward), in bytes for N tokens: the
+// same buffers, in the same conditions, as its constructor.
 MemoryPlan memory_plan(const ModelConfig& c, const ParamCounts& p, std::int64_t N) {
   const std::int64_t V = c.vocab_size, C = c.d_model, L = c.num_layers, H = c.num_heads, Hkv = c.kv_heads(),
                      F = c.d_ff, Q = c.q_width(), K = c.kv_width();
+  const std::int64_t E = c.moe.num_experts, k = c.moe.top_k, S = c.moe.num_shared, Fe = c.moe.d_ff_expert;
+  const bool layernorm = c.norm == Norm::layernorm, norms = c.has_norms();
+  const bool post = c.norm_placement == NormPlacement::post, dbl = c.norm_placement == NormPlacement::pre_and_post;
+  const bool pre_norms = norms && !post;
   constexpr std::int64_t f32 = 4;
+  // The formulas name Q = H·D and K = Hkv·D as C where they equal it (the CS336 shape).
+  const std::string q_sym = Q == C ? "C" : "Q", k_sym = K == C ? "C" : "K";
   MemoryPlan m;
   m.parameters = mul(f32, p.total);
   m.gradients = mul(f32, p.total);
   m.adamw_state = mul(2 * f32, p.total);
-  // Per layer, per token: x_in, ln1, x_mid, ln2 (4C); q, attn (2Q); k, v (2K); rstd1, rstd2 (2);
-  // lse (H); a, b, h (3F; 2F without a gate).
+  // Per layer, per token: x_in, x_mid (2C); q, attn (2Q); k, v (2K); ln1, ln2 (C each, pre and
+  // double placements); rstd1, rstd2 (and LayerNorm's mean1, mean2); lse (H); the feed-forward's a,
+  // b, h (3F; 2F without a gate), or the MoE's buffers.
+  Count layer;
+  layer.add(2, "C", C);
+  layer.add(2, q_sym, Q);
+  layer.add(2, k_sym, K);
+  const std::int64_t serial_norms = norms ? (c.parallel_block ? 1 : 2) : 0;   // ln1 (and ln2)
+  if (pre_norms) layer.add(serial_norms, "C", C);                             // their outputs
+  layer.add(serial_norms * (layernorm ? 2 : 1), "", 1);                        // rstd (and mean)
+  if (post || dbl) layer.add(2, "C", C);                                      // attn_out, ffn_out
+  if (dbl) layer.add(layernorm ? 4 : 2, "", 1);                               // rstd_pa, rstd_pf (and means)
+  layer.add(1, "H", H);                                                       // lse
+  if (c.qk_norm) {                                                            // q_raw, k_raw; rstd_q, rstd_k
+    layer.add(1, q_sym, Q);
+    layer.add(1, k_sym, K);
+    layer.add(1, "H", H);
+    layer.add(1, Hkv == H ? "H" : "Hkv", Hkv);
+  }
   const std::int64_t hidden = c.gated() ? 3 : 2;
-  std::int64_t layer_floats = add(add(add(add(add(mul(4, C), mul(2, Q)), mul(2, K)), 2), H), mul(hidden, F));
-  if (c.qk_norm) layer_floats = add(layer_floats, add(add(Q, K), add(H, Hkv)));   // q_raw, k_raw; rstd_q, rstd_k
-  if (c.parallel_block) layer_floats -= C + 1;   // no ln2, rstd2
-  m.act_layers = mul(f32, mul(mul(N, layer_floats), L));
-  // Per token: x_final, ln_final (2C); rstd_final, losses, ce_lse (3).
-  m.act_final = mul(f32, mul(N, add(mul(2, C), 3)));
+  if (c.is_moe()) {   // router_probs (E), moe_weight (k), moe_out (k·C), a, b, h of the k and S experts
+    layer.add(1, "E", E);
+    layer.add(1, "k", k);
+    layer.add(1, "k·C", mul(k, C));
+    layer.add(hidden, "k·Fe", mul(k, Fe));
+    if (S > 0) layer.add(hidden, "S·Fe", mul(S, Fe));
+  } else {
+    layer.add(hidden, "F", F);
+  }
+  // int32 routing indices per token (moe_expert, moe_row, moe_assignment: 3k) and int64 counts per
+  // layer (moe_offset E + 1, expert_tokens E)
+  const std::int64_t routing_bytes = c.is_moe() ? add(mul(f32, mul(N, 3 * k)), mul(8, 2 * E + 1)) : 0;
+  m.act_layers = mul(add(mul(f32, mul(N, layer.value())), routing_bytes), L);
+  m.act_layers_formula = str("4·N·(", layer.formula(), ")·L", c.is_moe() ? " + (4·N·3k + 8·(2E + 1))·L" : "");
+  // Per token: x_final (C); ln_final (C), rstd_final (and mean_final) with norms; losses, ce_lse (2).
+  Count final;
+  final.add(1, "C", C);
+  if (norms) {
+    final.add(1, "C", C);
+    final.add(layernorm ? 2 : 1, "", 1);
+  }
+  final.add(2, "", 1);
+  m.act_final = mul(f32, mul(N, final.value()));
+  m.act_final_formula = str("4·N·(", final.formula(), ")");
   m.act_logits = mul(f32, mul(N, V));
-  // Backward scratch per token: dx (C), dbuf (max(C, Q)), dq (Q), dk, dv (2K); dh, da, db (3F; 2F
-  // without a gate); dqk_raw (Q) with qk_norm, dln_ffn (C) in parallel blocks, ddrop (C) with dropout.
-  const std::int64_t extra_c = (c.parallel_block ? 1 : 0) + (c.dropout > 0 ? 1 : 0);
-  const std::int64_t scratch = add(add(add(add(mul(1 + extra_c, C), std::max(C, Q)), mul(c.qk_norm ? 2 : 1, Q)),
-                                       mul(2, K)),
-                                   mul(hidden, F));
-  m.act_backward = mul(f32, mul(N, scratch));
-  m.activations = add(add(add(m.act_layers, m.act_final), m.act_logits), m.act_backward);
+  // Backward scratch per token: dx (C), dbuf (max(C, Q)), dq (Q), dk, dv (2K); dqk_raw (Q),
+  // dln_ffn, ddrop, dsub (C each) as the variant needs them; dh, da, db (3 of F, or of Fe with MoE;
+  // 2 without a gate); MoE: moe_dx (C), moe_dr (E).
+  Count backward;
+  backward.add(1, "C", C);
+  backward.add(1, Q == C ? "C" : "max(C,Q)", std::max(C, Q));
+  backward.add(1, q_sym, Q);
+  backward.add(2, k_sym, K);
+  if (c.qk_norm) backward.add(1, q_sym, Q);
+  if (c.parallel_block) backward.add(1, "C", C);
+  if (c.dropout > 0) backward.add(1, "C", C);
+  if (post || dbl) backward.add(1, "C", C);
+  if (c.is_moe()) {
+    backward.add(hidden, "Fe", Fe);
+    backward.add(1, "C", C);
+    backward.add(1, "E", E);
+  } else {
+    backward.add(hidden, "F", F);
+  }
+  m.act_backward = mul(f32, mul(N, backward.value()));
+  m.act_backward_formula = str("4·N·(", backward.formula(), ")");
+  m.act_moe_scratch = c.is_moe() ? mul(f32, mul(N, 2 * C)) : 0;   // moe_in, moe_tmp
+  m.activations = add(add(add(add(m.act_layers, m.act_final), m.act_logits), m.act_backward), m.act_moe_scratch);
   m.total = add(add(add(m.parameters, m.gradients), m.adamw_state), m.activations);
   return m;
 }
@@ -279,32 +419,66 @@ std::string accounting_table(const Accounting& a) {
   out += L_win == 0 ? std::string("attention: full causal in every layer\n")
                     : str("attention: window W = ", c.attention_window, " in L_win = ", L_win, " layers, full causal in L_full = ",
                           L_full, c.full_attention_every ? str(" (every ", c.full_attention_every, ")") : "", "\n");
+  if (c.is_moe())
+    out += str("mixture of experts: E = num_experts ", c.moe.num_experts, ", k = top_k ", c.moe.top_k,
+               ", S = num_shared ", c.moe.num_shared, ", Fe = d_ff_expert ", commas(c.moe.d_ff_expert),
+               c.moe.capacity_factor > 0 ? " (FLOPs dropless: an upper bound with the capacity)" : "", "\n");
   out += str("accounted at: batch B = ", commas(a.batch), ", sequence length T = ", commas(a.seq_len),
              ", N = B·T = ", commas(a.batch * a.seq_len), " tokens\n\n");
 
   out += "Parameters\n";
-  Rows param_rows = {
+  const std::int64_t L = c.num_layers;
+  // The formulas of the config at hand: a norm is C (2·C with LayerNorm's bias); "+ b" the biases.
+  const std::string norm_size = c.norm_has_bias() ? "2·C" : "C";
+  const std::string ffn_kind =
+      c.gated() ? str(ffn_name(c.ffn), " w1, w2, w3") : str("mlp (", activation_name(c.activation), ") w1, w2");
+  auto ffn_formula = [&](const char* width) {
+    return str(c.gated() ? "3·C·" : "2·C·", width, c.bias ? str(" + ", c.gated() ? "2·" : "", width, " + C") : "");
+  };
+  Rows rows = {
       {"component", "formula", "per layer", "total", "share"},
       {"token embedding", "V·C", "-", commas(p.embedding), percent(p.embedding, P)},
-      {"position embedding (learned)", "context_length·C", "-", commas(p.position_embedding),
-       percent(p.position_embedding, P)},
-      {"attention q, k, v, output", c.q_width() == c.d_model && c.kv_width() == c.d_model ? "4·C²·L" : "(2·C·Q + 2·C·K)·L",
-       commas(p.attention_per_layer), commas(c.num_layers * p.attention_per_layer),
-       percent(c.num_layers * p.attention_per_layer, P)},
-      {str("norms ln1", c.parallel_block ? "" : ", ln2", c.qk_norm ? ", q_norm, k_norm" : ""),
-       str(c.parallel_block ? "(C" : "(2·C", c.qk_norm ? " + 2·D" : "", ")·L"), commas(p.norms_per_layer), commas(c.num_layers * p.norms_per_layer),
-       percent(c.num_layers * p.norms_per_layer, P)},
-      {c.gated() ? str(ffn_name(c.ffn), " w1, w2, w3") : str("mlp (", activation_name(c.activation), ") w1, w2"),
-       c.gated() ? "3·C·F·L" : "2·C·F·L", commas(p.ffn_per_layer), commas(c.num_layers * p.ffn_per_layer),
-       percent(c.num_layers * p.ffn_per_layer, P)},
-      {"final norm", "C", "-", commas(p.final_norm), percent(p.final_norm, P)},
-      {c.tie_embeddings ? "lm_head (tied: the embedding)" : "lm_head (untied)", c.tie_embeddings ? "0" : "V·C", "-",
-       commas(p.lm_head), percent(p.lm_head, P)},
-      {"total", "", "", commas(p.total), percent(P, P)},
-      {"non-embedding", "total − embeddings", "", commas(p.non_embedding), percent(p.non_embedding, P)},
   };
-  if (p.position_embedding == 0) param_rows.erase(param_rows.begin() + 2);
-  out += render(param_rows);
+  if (p.position_embedding > 0)
+    rows.push_back({"position embedding (learned)", "context_length·C", "-", commas(p.position_embedding),
+                    percent(p.position_embedding, P)});
+  const bool square = c.q_width() == c.d_model && c.kv_width() == c.d_model;   // Q = K = C
+  rows.push_back({str("attention q, k, v, output", c.bias ? " (+ biases)" : ""),
+                  square ? (c.bias ? "(4·C² + 4·C)·L" : "4·C²·L")
+                         : (c.bias ? "(2·C·Q + 2·C·K + Q + 2·K + C)·L" : "(2·C·Q + 2·C·K)·L"),
+                  commas(p.attention_per_layer), commas(L * p.attention_per_layer), percent(L * p.attention_per_layer, P)});
+  if (p.norms_per_layer > 0) {
+    std::string names = str(norm_name(c.norm), " ln1", c.parallel_block ? "" : ", ln2",
+                            c.norm_placement == NormPlacement::pre_and_post ? ", post_attn_norm, post_ffn_norm" : "");
+    if (!c.has_norms()) names = "";
+    if (c.qk_norm) names += names.empty() ? "q_norm, k_norm" : ", q_norm, k_norm";
+    const std::string count = str(norms_in_layer(c));
+    rows.push_back({str("norms ", names),
+                    str("(", c.has_norms() ? (count == "1" ? norm_size : count + "·" + norm_size) : "0",
+                        c.qk_norm ? " + 2·D" : "", ")·L"),
+                    commas(p.norms_per_layer), commas(L * p.norms_per_layer), percent(L * p.norms_per_layer, P)});
+  }
+  if (c.is_moe()) {
+    const std::int64_t experts = c.moe.num_experts + c.moe.num_shared;
+    rows.push_back({"router", "E·C·L", commas(p.router_per_layer), commas(L * p.router_per_layer),
+                    percent(L * p.router_per_layer, P)});
+    rows.push_back({str(experts, c.moe.num_shared > 0 ? str(" experts (", c.moe.num_shared, " shared), ") : " experts, ",
+                        ffn_kind),
+                    str("(E + S)·(", ffn_formula("Fe"), ")·L"), commas(experts * p.per_expert),
+                    commas(L * experts * p.per_expert), percent(L * experts * p.per_expert, P)});
+  } else {
+    rows.push_back({str(ffn_kind, c.bias ? " (+ biases)" : ""), str("(", ffn_formula("F"), ")·L"),
+                    commas(p.ffn_per_layer), commas(L * p.ffn_per_layer), percent(L * p.ffn_per_layer, P)});
+  }
+  rows.push_back({"final norm", c.has_norms() ? norm_size : "0 (no norms)", "-", commas(p.final_norm),
+                  percent(p.final_norm, P)});
+  rows.push_back({c.tie_embeddings ? "lm_head (tied: the embedding)" : "lm_head (untied)", c.tie_embeddings ? "0" : "V·C",
+                  "-", commas(p.lm_head), percent(p.lm_head, P)});
+  rows.push_back({"total", "", "", commas(p.total), percent(P, P)});
+  rows.push_back({"non-embedding", p.position_embedding > 0 ? "total − embeddings" : "total − V·C", "", commas(p.non_embedding), percent(p.non_embedding, P)});
+  if (c.is_moe())
+    rows.push_back({"active per token", "total − (E − k)·expert·L", "", commas(p.active), percent(p.active, P)});
+  out += render(rows);
   out += "  (non-embedding excludes the token and position embeddings; lm_head is counted in it)\n\n";
 
   out += str("Forward FLOPs, one sequence of T = ", commas(a.seq_len),
@@ -319,7 +493,7 @@ std::string accounting_table(const Accounting& a) {
   flop_rows.push_back({str("training step, B = ", commas(a.batch)), "3 × forward × B", flops(a.training_per_step)});
   out += render(flop_rows);
   out += str("  forward total exactly ", commas(a.forward_per_sequence), " FLOPs per sequence\n");
-  out += str("  non-matmul ops (norms, RoPE, softmax, SwiGLU gate, residual adds, cross-entropy), counted roughly:\n  ",
+  out += str("  non-matmul ops (norms, RoPE, softmax, gates, biases, routing, residual adds, cross-entropy), counted\n  roughly: ",
              flops(a.non_matmul_per_sequence), " per sequence = ",
              percent(a.non_matmul_per_sequence, a.forward_per_sequence),
              " of the forward matmuls; negligible, not included above\n\n");
@@ -331,19 +505,18 @@ std::string accounting_table(const Accounting& a) {
       {"parameters", "4·P", commas(m.parameters), gigabytes(m.parameters)},
       {"gradients", "4·P", commas(m.gradients), gigabytes(m.gradients)},
       {"AdamW state m, v", "8·P", commas(m.adamw_state), gigabytes(m.adamw_state)},
-      {"activations, per layer", "4·N·(4C + 2Q + 2K + 2 + H + 3F)·L", commas(m.act_layers), gigabytes(m.act_layers)},
-      {"activations, final", "4·N·(2C + 3)", commas(m.act_final), gigabytes(m.act_final)},
+      {"activations, per layer", m.act_layers_formula, commas(m.act_layers), gigabytes(m.act_layers)},
+      {"activations, final", m.act_final_formula, commas(m.act_final), gigabytes(m.act_final)},
       {"logits", "4·N·V", commas(m.act_logits), gigabytes(m.act_logits)},
-      {"backward scratch", "4·N·(C + max(C,Q) + Q + 2K + 3F)", commas(m.act_backward), gigabytes(m.act_backward)},
-      {"activations total", "", commas(m.activations), gigabytes(m.activations)},
+      {"backward scratch", m.act_backward_formula, commas(m.act_backward), gigabytes(m.act_backward)},
+      {"activations total", c.is_moe() ? str("(+ MoE forward scratch 4·N·2C = ", commas(m.act_moe_scratch), ")") : "",
+       commas(m.activations), gigabytes(m.activations)},
       {"training total", "", commas(m.total), gigabytes(m.total)},
   });
-  out += "  per layer: x_in, ln1, x_mid, ln2, q, attn, k, v (4C + 2Q + 2K), rstd1, rstd2 (2), lse (H), a, b, h (3F) per\n"
-         "  token; final: x_final, ln_final (2C), rstd_final, losses, ce_lse (3); backward scratch: dx, dbuf, dq, dk, dv\n"
-         "  (C + max(C, Q) + Q + 2K), dh, da, db (3F); the formulas are the SwiGLU serial block's, and the byte counts\n"
-         "  follow the variant (2F without a gate, no ln2 in parallel blocks, QK-norm's q_raw, k_raw and statistics,\n"
-         "  dropout's ddrop (C)). Per-thread temporaries inside ops are not counted.\n\n";
-
+  out += "  per layer: x_in, ln1, x_mid, ln2 (4C), q, attn (2Q), k, v (2K), rstd1, rstd2 (2), lse (H), a, b, h (3F)\n"
+         "  per token in the CS336 model (the variants' buffers: model.h); final: x_final, ln_final (2C), rstd_final,\n"
+         "  losses, ce_lse (3); backward scratch: dx, dbuf, dq, dk, dv (C + max(C, Q) + Q + 2K), dh, da, db (3F).\n"
+         "  Per-thread temporaries inside ops are not counted.\n\n";
   const KvCacheBytes& kv = a.kv_cache;
   out += "KV cache (generation): keys and values, K per position and layer; a windowed layer keeps W positions\n";
   Rows kv_rows = {{"item", "formula (bytes, fp32)", "fp32", "bf16"},
@@ -364,7 +537,7 @@ nlohmann::ordered_json to_json(const Accounting& a) {
   ojson forward = ojson::object();
   for (const MatmulFlops& mm : a.forward) forward[mm.name] = json_flops(mm.per_sequence);
   forward["total"] = json_flops(a.forward_per_sequence);
-  return {
+  ojson j = {
       {"config", to_json(a.config)},
       {"batch", a.batch},
       {"seq_len", a.seq_len},
@@ -412,6 +585,14 @@ nlohmann::ordered_json to_json(const Accounting& a) {
         {"per_token_past_window", {{"fp32", a.kv_cache.per_token_full_fp32}, {"bf16", a.kv_cache.per_token_full_bf16}}},
         {"context_sequence", {{"fp32", a.kv_cache.sequence_fp32}, {"bf16", a.kv_cache.sequence_bf16}}}}},
   };
+  if (a.config.is_moe()) {
+    j["parameters"]["router_per_layer"] = p.router_per_layer;
+    j["parameters"]["per_expert"] = p.per_expert;
+    j["parameters"]["ffn_active_per_layer"] = p.ffn_active_per_layer;
+    j["parameters"]["active"] = p.active;
+    j["memory_bytes"]["activations"]["moe_forward_scratch"] = m.act_moe_scratch;
+  }
+  return j;
 }
 
 }  // namespace scratchlm

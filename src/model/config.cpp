@@ -1,5 +1,7 @@
 #include "model/config.h"
 
+#include <cmath>
+
 #include "util/error.h"
 
 namespace scratchlm {
@@ -12,7 +14,66 @@ std::int64_t get_int(const nlohmann::json& j, const char* key, const std::string
   return v.get<std::int64_t>();
 }
 
+// 64·ceil(x/64), x evaluated by the caller left to right in double (as the Python reference does).
+std::int64_t round_up_64(double x, const std::string& where, const char* field) {
+  const double units = std::ceil(x / 64.0);
+  if (!(units >= 1 && units < 1e12)) fail(where, ": model field \"", field, "\" gives an impossible d_ff (", 64 * units, ")");
+  return 64 * static_cast<std::int64_t>(units);
+}
+
+// The "moe" object: every key known, num_experts and top_k required; d_ff_expert defaults to d_ff.
+MoeConfig moe_from_json(const nlohmann::json& j, std::int64_t d_ff, const std::string& where) {
+  if (!j.is_object()) fail(where, ": model field \"moe\" must be an object, got ", j.dump());
+  static const char* known[] = {"num_experts", "top_k", "num_shared", "d_ff_expert", "aux_loss", "capacity_factor"};
+  for (const auto& [key, value] : j.items()) {
+    bool ok = false;
+    for (const char* k : known) ok = ok || key == k;
+    if (!ok) fail(where, ": unknown field \"moe.", key, "\" (known: num_experts, top_k, num_shared, d_ff_expert, "
+                  "aux_loss, capacity_factor)");
+  }
+  auto integer = [&](const char* key, std::int64_t fallback) {
+    if (!j.contains(key)) {
+      if (fallback < 0) fail(where, ": model field \"moe.", key, "\" is missing");
+      return fallback;
+    }
+    if (!j[key].is_number_integer()) fail(where, ": model field \"moe.", key, "\" must be an integer, got ", j[key].dump());
+    return j[key].get<std::int64_t>();
+  };
+  auto number = [&](const char* key, double fallback) {
+    if (!j.contains(key)) return fallback;
+    if (!j[key].is_number()) fail(where, ": model field \"moe.", key, "\" must be a number, got ", j[key].dump());
+    return j[key].get<double>();
+  };
+  MoeConfig m;
+  m.num_experts = integer("num_experts", -1);
+  if (m.num_experts < 1) fail(where, ": model field \"moe.num_experts\" must be at least 1, got ", m.num_experts);
+  m.top_k = integer("top_k", -1);
+  m.num_shared = integer("num_shared", 0);
+  m.d_ff_expert = integer("d_ff_expert", d_ff);
+  m.aux_loss = number("aux_loss", m.aux_loss);
+  m.capacity_factor = number("capacity_factor", m.capacity_factor);
+  return m;
+}
+
 }  // namespace
+
+const char* norm_name(Norm n) {
+  switch (n) {
+    case Norm::rmsnorm: return "rmsnorm";
+    case Norm::layernorm: return "layernorm";
+    case Norm::none: return "none";
+  }
+  return "?";
+}
+
+const char* norm_placement_name(NormPlacement p) {
+  switch (p) {
+    case NormPlacement::pre: return "pre";
+    case NormPlacement::post: return "post";
+    case NormPlacement::pre_and_post: return "double";
+  }
+  return "?";
+}
 
 const char* ffn_name(FfnKind f) {
   switch (f) {
@@ -50,7 +111,8 @@ ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& w
                                 "d_ff",       "rope_theta",     "ffn",     "activation", "position",
                                 "tie_embeddings", "z_loss", "logit_softcap", "qk_norm", "block",
                                 "num_kv_heads", "head_dim", "attention_window", "full_attention_every",
-                                "full_attention_position", "attn_softcap", "dropout", "attention_dropout"};
+                                "full_attention_position", "attn_softcap", "dropout", "attention_dropout",
+                                "norm", "norm_bias", "norm_placement", "d_ff_ratio", "bias", "moe"};
   for (const auto& [key, value] : j.items()) {
     bool ok = false;
     for (const char* k : known) ok = ok || key == k;
@@ -62,7 +124,6 @@ ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& w
   c.d_model = get_int(j, "d_model", where);
   c.num_layers = get_int(j, "num_layers", where);
   c.num_heads = get_int(j, "num_heads", where);
-  c.d_ff = get_int(j, "d_ff", where);
   if (j.contains("rope_theta")) {
     if (!j["rope_theta"].is_number()) fail(where, ": model field \"rope_theta\" must be a number");
     c.rope_theta = j["rope_theta"].get<double>();
@@ -93,6 +154,20 @@ ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& w
     if (!found)
       fail(where, ": model field \"activation\" must be \"relu\", \"gelu\", \"silu\" or \"relu2\", got \"", a, "\"");
   }
+  // d_ff: given, from d_ff_ratio, or the default ratio of the feed-forward kind (8/3 gated, 4 plain)
+  if (j.contains("d_ff") && j.contains("d_ff_ratio"))
+    fail(where, ": model fields \"d_ff\" and \"d_ff_ratio\" are both given; give one");
+  if (j.contains("d_ff")) {
+    c.d_ff = get_int(j, "d_ff", where);
+  } else if (j.contains("d_ff_ratio")) {
+    const auto& r = j["d_ff_ratio"];
+    if (!r.is_number() || !(r.get<double>() > 0))
+      fail(where, ": model field \"d_ff_ratio\" must be a number above 0, got ", r.dump());
+    if (c.d_model > 0) c.d_ff = round_up_64(r.get<double>() * static_cast<double>(c.d_model), where, "d_ff_ratio");
+  } else if (c.d_model > 0) {
+    const double C = static_cast<double>(c.d_model);
+    c.d_ff = c.gated() ? round_up_64(8.0 / 3.0 * C, where, "d_model") : round_up_64(4.0 * C, where, "d_model");
+  }
   auto get_position = [&](const char* key, std::initializer_list<Position> allowed, const char* choices) {
     const std::string pos = get_name(key);
     for (Position k : allowed)
@@ -108,7 +183,27 @@ ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& w
       fail(where, ": model field \"block\" must be \"serial\" or \"parallel\", got \"", b, "\"");
     c.parallel_block = b == "parallel";
   }
-  for (auto [key, value] : {std::pair{"tie_embeddings", &c.tie_embeddings}, std::pair{"qk_norm", &c.qk_norm}}) {
+  if (j.contains("norm")) {
+    const std::string n = get_name("norm");
+    bool found = false;
+    for (Norm k : {Norm::rmsnorm, Norm::layernorm, Norm::none})
+      if (n == norm_name(k)) c.norm = k, found = true;
+    if (!found) fail(where, ": model field \"norm\" must be \"rmsnorm\", \"layernorm\" or \"none\", got \"", n, "\"");
+  }
+  if (j.contains("norm_placement")) {
+    const std::string p = get_name("norm_placement");
+    bool found = false;
+    for (NormPlacement k : {NormPlacement::pre, NormPlacement::post, NormPlacement::pre_and_post})
+      if (p == norm_placement_name(k)) c.norm_placement = k, found = true;
+    if (!found)
+      fail(where, ": model field \"norm_placement\" must be \"pre\", \"post\" or \"double\", got \"", p, "\"");
+  }
+  if (j.contains("norm_bias") && c.norm != Norm::layernorm)
+    fail(where, ": model field \"norm_bias\" applies to \"norm\": \"layernorm\" only (this model's norm is ",
+         norm_name(c.norm), ")");
+  if (j.contains("moe")) c.moe = moe_from_json(j["moe"], c.d_ff, where);
+  for (auto [key, value] : {std::pair{"tie_embeddings", &c.tie_embeddings}, std::pair{"qk_norm", &c.qk_norm},
+                            std::pair{"norm_bias", &c.norm_bias}, std::pair{"bias", &c.bias}}) {
     if (!j.contains(key)) continue;
     if (!j[key].is_boolean()) fail(where, ": model field \"", key, "\" must be true or false");
     *value = j[key].get<bool>();
@@ -166,6 +261,14 @@ nlohmann::ordered_json to_json(const ModelConfig& c) {
   if (c.attn_softcap != 0) j["attn_softcap"] = c.attn_softcap;
   if (c.dropout != 0) j["dropout"] = c.dropout;
   if (c.attention_dropout != 0) j["attention_dropout"] = c.attention_dropout;
+  if (c.norm != Norm::rmsnorm) j["norm"] = norm_name(c.norm);
+  if (c.norm == Norm::layernorm && !c.norm_bias) j["norm_bias"] = false;
+  if (c.norm_placement != NormPlacement::pre) j["norm_placement"] = norm_placement_name(c.norm_placement);
+  if (c.bias) j["bias"] = true;
+  if (c.is_moe())   // every field, resolved
+    j["moe"] = {{"num_experts", c.moe.num_experts}, {"top_k", c.moe.top_k},
+                {"num_shared", c.moe.num_shared}, {"d_ff_expert", c.moe.d_ff_expert},
+                {"aux_loss", c.moe.aux_loss}, {"capacity_factor", c.moe.capacity_factor}};
   return j;
 }
 
@@ -217,6 +320,26 @@ void validate(const ModelConfig& c, const std::string& where) {
   if (!(c.z_loss >= 0)) fail(where, ": model field \"z_loss\" must be at least 0, got ", c.z_loss);
   if (!(c.logit_softcap >= 0)) fail(where, ": model field \"logit_softcap\" must be at least 0 (0 = off), got ", c.logit_softcap);
   if (!(c.rope_theta > 1.0)) fail(where, ": model field \"rope_theta\" must be greater than 1, got ", c.rope_theta);
+  if (!c.norm_bias && c.norm != Norm::layernorm)
+    fail(where, ": model field \"norm_bias\" applies to \"norm\": \"layernorm\" only");
+  if (c.parallel_block && c.norm_placement != NormPlacement::pre)
+    fail(where, ": model field \"block\": \"parallel\" needs \"norm_placement\": \"pre\" (got \"",
+         norm_placement_name(c.norm_placement), "\")");
+  if (c.norm == Norm::none && c.norm_placement != NormPlacement::pre)
+    fail(where, ": model field \"norm_placement\": \"", norm_placement_name(c.norm_placement),
+         "\" places norms, but \"norm\" is \"none\" (no norms); leave norm_placement out");
+  if (c.is_moe()) {
+    const MoeConfig& m = c.moe;
+    if (m.top_k < 1 || m.top_k > m.num_experts)
+      fail(where, ": model field \"moe.top_k\" must be between 1 and moe.num_experts (", m.num_experts, "), got ", m.top_k);
+    if (m.num_shared < 0) fail(where, ": model field \"moe.num_shared\" must be at least 0, got ", m.num_shared);
+    if (m.d_ff_expert < 1) fail(where, ": model field \"moe.d_ff_expert\" must be at least 1, got ", m.d_ff_expert);
+    if (!(m.aux_loss >= 0)) fail(where, ": model field \"moe.aux_loss\" must be at least 0, got ", m.aux_loss);
+    if (!(m.capacity_factor >= 0))
+      fail(where, ": model field \"moe.capacity_factor\" must be at least 0 (0 = dropless), got ", m.capacity_factor);
+  } else if (c.moe.num_experts < 0) {
+    fail(where, ": model field \"moe.num_experts\" must be at least 1, got ", c.moe.num_experts);
+  }
 }
 
 }  // namespace scratchlm

@@ -7,6 +7,16 @@
 //   logits = lm_head(rmsnorm_final(x))                          (B, T, V)
 // Attention has H query heads and Hkv key/value heads of size D (config.h: kv_heads(), d_head());
 // Q = H·D and K = Hkv·D are the widths of the query and key projections (both C by default).
+// and its variants (config.h): the norm (RMSNorm, LayerNorm, none) and its placement around the
+// sublayers (pre, post, double), biases, parallel blocks, and a mixture of experts in place of the
+// feed-forward:
+//   router probabilities p = softmax(W_router x) (in double), the k most probable experts (ties: the
+//   lower index) with weights w_e = p_e / Σ_selected p, out = Σ_selected w_e·FFN_e(x) + Σ_s FFN_shared_s(x);
+//   the load-balancing loss of a layer aux = E·Σ_e f_e·P_e over the N tokens of the forward, f_e the
+//   share of the N·k assignments routed to e (a count: no gradient), P_e = mean_n p_{n,e}. With
+//   capacity_factor c > 0, training and evaluation forwards (no KV cache) let each expert take at most
+//   ceil(c·N·k/E) assignments, in token order then slot order; the rest are dropped (they add 0, and
+//   the kept weights are not renormalised again). Generation (with a KV cache) is dropless.
 // model_forward and model_backward are straight-line functions over the ops; backward is the same
 // list in reverse. Activations holds every buffer either needs, allocated once for (B, T).
 #pragma once
@@ -50,8 +60,9 @@ struct PassOptions {
 // the scratch buffers (d*) live only inside model_backward.
 struct LayerActs {
   std::vector<float> x_in;     // (N, C) residual stream entering the block
-  std::vector<float> ln1;      // (N, C) rmsnorm1(x_in)
+  std::vector<float> ln1;      // (N, C) rmsnorm1(x_in); empty in post placement or without norms
   std::vector<float> rstd1;    // (N)
+  std::vector<float> mean1, mean2;   // (N) LayerNorm's row means of ln1, ln2 (layernorm only)
   std::vector<float> q;        // (N, Q) = (B, T, H, D), after RoPE
   std::vector<float> k, v;     // (N, K) = (B, T, Hkv, D); k after RoPE
   std::vector<float> q_raw, k_raw;   // (N, Q), (N, K) the projections before QK-norm (qk_norm only)
@@ -61,7 +72,26 @@ struct LayerActs {
   std::vector<float> x_mid;    // (N, C) residual stream after the attention sublayer
   std::vector<float> ln2;      // (N, C); empty in parallel blocks (the feed-forward reads ln1)
   std::vector<float> rstd2;    // (N)
-  std::vector<float> a, b, h;  // (N, F) w1 x, w3 x, silu(a) ⊙ b (b empty without a gate: h = act(a))
+  std::vector<float> a, b, h;  // (N, F) w1 x, w3 x, silu(a) ⊙ b (b empty without a gate: h = act(a)); empty with MoE
+  // Post and double placements: each sublayer's output before the norm that follows it (N, C):
+  // post: x_in + output_proj(attn) (ln1's input), x_mid + ffn (ln2's input); double: output_proj(attn)
+  // (post_attn_norm's input), ffn (post_ffn_norm's input).
+  std::vector<float> attn_out, ffn_out;
+  std::vector<float> rstd_pa, mean_pa, rstd_pf, mean_pf;   // (N) post_attn_norm, post_ffn_norm statistics (double)
+
+  // Mixture of experts (moe only). A = N·k assignments; the kept ones are grouped by expert.
+  std::vector<float> router_probs;             // (N, E) softmax of the router logits
+  std::vector<std::int32_t> moe_expert;        // (N, k) the selected experts, most probable first
+  std::vector<float> moe_weight;               // (N, k) their renormalised weights
+  std::vector<std::int32_t> moe_row;           // (N, k) each assignment's row in the grouped buffers; −1: dropped
+  std::vector<std::int32_t> moe_assignment;    // (A) each grouped row's assignment n·k + j
+  std::vector<std::int64_t> moe_offset;        // (E + 1) expert e's grouped rows are [offset[e], offset[e + 1])
+  std::vector<float> moe_out;                  // (A, C) each kept assignment's expert output
+  std::vector<float> moe_a, moe_b, moe_h;      // (A, Fe) the experts' a, b, h (b empty without a gate)
+  std::vector<float> shared_a, shared_b, shared_h;   // (S·N, Fe) the shared experts' a, b, h
+  std::vector<std::int64_t> expert_tokens;     // (E) assignments routed to each expert (capacity not applied)
+  std::int64_t moe_dropped = 0;                // assignments over capacity
+  double moe_aux = 0;                          // E · Σ_e f_e · P_e of this forward
 };
 
 struct Activations {
@@ -71,6 +101,7 @@ struct Activations {
   std::vector<float> x_final;   // (N, C) residual stream after the last block
   std::vector<float> ln_final;  // (N, C)
   std::vector<float> rstd_final;// (N)
+  std::vector<float> mean_final;// (N) layernorm only (ln_final, rstd_final empty without norms)
   std::vector<float> logits;    // (N, V); backward overwrites it with dlogits
   std::vector<float> losses;    // (N) per-token cross-entropy
   std::vector<float> ce_lse;    // (N)
@@ -82,7 +113,13 @@ struct Activations {
   std::vector<float> dqk_raw;   // (N, Q) QK-norm backward's output (qk_norm only)
   std::vector<float> dln_ffn;   // (N, C) parallel blocks: the feed-forward's share of ln1's gradient
   std::vector<float> ddrop;     // (N, C) dropout: the residual gradient through a site's mask
-  std::vector<float> dh, da, db;// (N, F)
+  std::vector<float> dh, da, db;// (N, F); (N, Fe) with MoE: one expert's rows at a time
+  std::vector<float> dsub;      // (N, C) post and double placements: the gradient of a sublayer's output
+  // MoE scratch (moe only), shared by the layers: an expert's gathered input rows, its output rows
+  // (forward: a shared expert's output; backward: the gradient of an expert's output rows), the
+  // gradient of its input rows, and the router logits' gradient.
+  std::vector<float> moe_in, moe_tmp, moe_dx;   // (N, C)
+  std::vector<float> moe_dr;                    // (N, E)
   PassOptions pass;             // what the last forward ran with; backward regenerates its masks
 
   // With_backward::no allocates only what forward needs (evaluation, generation).
@@ -117,13 +154,16 @@ void model_forward(Activations& acts, Model& model, const std::int32_t* ids, std
                    KvCache* cache = nullptr, const PassOptions& pass = {});
 
 // Mean cross-entropy of acts.logits against targets (B, T); fills acts.losses and acts.ce_lse. With
-// config.z_loss the objective backward differentiates also has z_loss · mean(lse²); this value (the
-// one logged and evaluated) is the cross-entropy alone.
+// config.z_loss the objective backward differentiates also has z_loss · mean(lse²), and with MoE
+// moe.aux_loss · moe_aux(acts); this value (the one logged and evaluated) is the cross-entropy alone.
 double model_loss(Activations& acts, const Model& model, const std::int32_t* targets);
 
-// Adds the gradient of (loss_scale · mean loss [+ z-loss]) to grads (an arena with the model's layout), using
-// the activations of the last model_forward + model_loss on the same ids, with that forward's dropout
-// masks (acts.pass). Overwrites acts.logits.
+// Σ over the layers of the load-balancing loss of the last model_forward (0 without MoE).
+double moe_aux(const Activations& acts);
+
+// Adds the gradient of (loss_scale · (mean loss [+ z-loss] [+ aux_loss · moe_aux])) to grads (an
+// arena with the model's layout), using the activations of the last model_forward + model_loss on
+// the same ids, with that forward's dropout masks (acts.pass). Overwrites acts.logits.
 void model_backward(std::vector<float>& grads, Activations& acts, Model& model, const std::int32_t* ids,
                     const std::int32_t* targets, float loss_scale);
 

@@ -1,5 +1,6 @@
 // Matrix products. Linear weights are stored [d_out, d_in] (PyTorch's and CS336's convention), so
-// y = x · Wᵀ. No biases anywhere in this model.
+// y = x · Wᵀ (+ b). The CS336 model has no biases; the "bias" model field adds them to the blocks'
+// Linears (the overloads taking a bias pointer; null means none).
 #pragma once
 
 #include <string>
@@ -24,6 +25,13 @@ void linear_forward(float* out, const float* x, const float* w, std::int64_t N, 
 // zeroed once per step, and accumulation steps add into them).
 void linear_backward(float* dx, float* dw, const float* dout, const float* x, const float* w, std::int64_t N,
                      std::int64_t Din, std::int64_t Dout, Accumulate dx_acc);
+
+// With a bias: out (N, Dout) = x · wᵀ + bias, the bias (Dout) added to every row; bias null: none.
+void linear_forward(float* out, const float* x, const float* w, const float* bias, std::int64_t N, std::int64_t Din,
+                    std::int64_t Dout);
+// As linear_backward, and dbias (Dout) += Σ_n dout[n] (column sums in double); dbias null: no bias.
+void linear_backward(float* dx, float* dw, float* dbias, const float* dout, const float* x, const float* w,
+                     std::int64_t N, std::int64_t Din, std::int64_t Dout, Accumulate dx_acc);
 
 }  // namespace scratchlm
 

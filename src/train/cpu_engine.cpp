@@ -36,6 +36,12 @@ class CpuEngine final : public TrainEngine {
     result_ = {};
     result_.lr = cosine_lr(step, cfg_.lr_max, cfg_.lr_min, cfg_.warmup, cfg_.cycle);
     std::fill(grads_.begin(), grads_.end(), 0.0f);
+    const ModelConfig& mc = cfg_.model;
+    if (mc.is_moe()) {
+      result_.expert_tokens.assign(static_cast<std::size_t>(mc.num_layers),
+                                   std::vector<std::int64_t>(static_cast<std::size_t>(mc.moe.num_experts), 0));
+      result_.moe_dropped.assign(static_cast<std::size_t>(mc.num_layers), 0);
+    }
     for (std::int64_t micro = 0; micro < cfg_.grad_accum; ++micro) {
       const std::int64_t off = micro * B * T;
       // dropout's masks: a pure function of the run's seed, the step and the micro-batch (resume-exact)
@@ -43,6 +49,13 @@ class CpuEngine final : public TrainEngine {
       model_forward(acts_, model_, x + off, B, T, nullptr, pass);
       result_.loss += model_loss(acts_, model_, y + off) / static_cast<double>(cfg_.grad_accum);
       model_backward(grads_, acts_, model_, x + off, y + off, 1.0f / static_cast<float>(cfg_.grad_accum));
+      if (!mc.is_moe()) continue;
+      result_.moe_aux += moe_aux(acts_) / static_cast<double>(cfg_.grad_accum);
+      for (std::size_t l = 0; l < acts_.layers.size(); ++l) {
+        for (std::size_t e = 0; e < acts_.layers[l].expert_tokens.size(); ++e)
+          result_.expert_tokens[l][e] += acts_.layers[l].expert_tokens[e];
+        result_.moe_dropped[l] += acts_.layers[l].moe_dropped;
+      }
     }
     result_.grad_norm = cfg_.clip > 0 ? clip_grad_norm(grads_.data(), model_.layout.total, cfg_.clip)
                                       : global_norm(grads_.data(), model_.layout.total);

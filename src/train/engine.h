@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "model/model.h"
 #include "train/optimizer.h"
@@ -17,6 +18,11 @@ namespace scratchlm {
 struct StepResult {
   double loss = 0, grad_norm = 0, lr = 0;
   bool updated = false;   // false: the loss or the norm was not finite and the weights are unchanged
+  // Mixtures of experts (empty otherwise): Σ_layers aux, the mean over the micro-batches; and per layer
+  // the assignments routed to each expert and those dropped over capacity, summed over them.
+  double moe_aux = 0;
+  std::vector<std::vector<std::int64_t>> expert_tokens = {};   // (L, E)
+  std::vector<std::int64_t> moe_dropped = {};                  // (L)
 };
 
 class TrainEngine {

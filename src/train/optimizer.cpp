@@ -16,7 +16,7 @@ void adamw_step(float* params, const float* grads, AdamWState& state, const Para
   const float b1 = static_cast<float>(opt.beta1), b2 = static_cast<float>(opt.beta2), eps = static_cast<float>(opt.eps);
   const float one_minus_b1 = static_cast<float>(1.0 - opt.beta1), one_minus_b2 = static_cast<float>(1.0 - opt.beta2);
   for (const ParamSpec& spec : layout.specs) {
-    const bool decay = opt.weight_decay != 0.0 && (opt.decay_norm_gains || !spec.is_norm_gain);
+    const bool decay = opt.weight_decay != 0.0 && (opt.decay_norm_gains || !spec.is_gain_or_bias);
     const float shrink = decay ? static_cast<float>(1.0 - lr * opt.weight_decay) : 1.0f;
     float* p = params + spec.offset;
     const float* g = grads + spec.offset;

@@ -6,7 +6,8 @@
 //   m ← β1 m + (1 − β1) g;   v ← β2 v + (1 − β2) g²
 //   θ ← θ − lr · (m / (1 − β1^t)) / (sqrt(v / (1 − β2^t)) + ε)
 // Every parameter is decayed by default, as CS336 and the reference trajectory do;
-// decay_norm_gains = false exempts the RMSNorm gains.
+// decay_norm_gains = false exempts the norm gains (RMSNorm, LayerNorm, QK-norm) and every bias
+// (Linear and LayerNorm): the parameters flagged is_gain_or_bias in the table.
 #pragma once
 
 #include <cstdint>

@@ -14,7 +14,7 @@ const std::vector<TrainField>& train_fields() {
       {"model.d_model", "width of the residual stream"},
       {"model.num_layers", "number of Transformer blocks"},
       {"model.num_heads", "attention heads (d_model must be divisible by it)"},
-      {"model.d_ff", "hidden width of the SwiGLU feed-forward"},
+      {"model.d_ff", "hidden width of the feed-forward (default: model.d_ff_ratio, else 8/3·d_model, 4·d_model for mlp, rounded up to 64)"},
       {"model.rope_theta", "RoPE base"},
       {"model.ffn", "feed-forward: swiglu (default), geglu, reglu, or mlp (no gate; see model.activation)"},
       {"model.activation", "the mlp feed-forward's activation: gelu (default), relu, silu, relu2"},
@@ -32,6 +32,12 @@ const std::vector<TrainField>& train_fields() {
       {"model.attn_softcap", "soft-cap the attention scores at c·tanh(s/c) (0 = off)"},
       {"model.dropout", "residual dropout probability (embedding and sublayer outputs; training only)"},
       {"model.attention_dropout", "dropout probability on the attention probabilities (training only)"},
+      {"model.norm", "the norms: rmsnorm (default), layernorm, or none (no ln1, ln2, ln_final)"},
+      {"model.norm_bias", "layernorm only: a bias in each norm (true, the default, or false)"},
+      {"model.norm_placement", "norms around the sublayers: pre (default), post, or double (pre and post)"},
+      {"model.d_ff_ratio", "d_ff = 64·ceil(ratio·d_model/64), instead of model.d_ff"},
+      {"model.bias", "biases on the blocks' Linears (true/false)"},
+      {"model.moe", "mixture of experts, a JSON object: {\"num_experts\": E, \"top_k\": k, \"num_shared\": 0, \"d_ff_expert\": d_ff, \"aux_loss\": 0.01, \"capacity_factor\": 0}"},
       {"train_data", "token file to train on (uint16/uint32, from `scratchlm tokenize`)"},
       {"valid_data", "token file for validation loss (\"\" for none)"},
       {"batch_size", "sequences per micro-batch"},
@@ -47,7 +53,7 @@ const std::vector<TrainField>& train_fields() {
       {"optimizer.beta2", "AdamW beta2"},
       {"optimizer.eps", "AdamW epsilon"},
       {"optimizer.weight_decay", "AdamW decoupled weight decay"},
-      {"optimizer.decay_norm_gains", "apply weight decay to RMSNorm gains too (CS336 does)"},
+      {"optimizer.decay_norm_gains", "apply weight decay to the norm gains and biases too (CS336 does)"},
       {"optimizer.clip", "global gradient-norm clipping threshold (0 = off)"},
       {"eval.interval", "steps between validation evaluations (0 = only at the end)"},
       {"eval.batches", "validation batches per evaluation (fixed windows of the file)"},
@@ -113,6 +119,11 @@ void merge_train_json(nlohmann::ordered_json& base, const nlohmann::json& overla
         if (!known_field(name)) fail(where, ": unknown field \"", name, "\"");
         base[key][sub] = v;
       }
+      // d_ff and d_ff_ratio say the same thing: a layer setting one replaces the other of the layers
+      // below (both in one layer is an error, found when the model config is read).
+      if (key == "model" && base.contains("model"))
+        for (const auto& [set, other] : {std::pair{"d_ff", "d_ff_ratio"}, std::pair{"d_ff_ratio", "d_ff"}})
+          if (value.contains(set) && !value.contains(other)) base["model"].erase(other);
     } else {
       if (!known_field(key)) fail(where, ": unknown field \"", key, "\"");
       base[key] = value;
@@ -123,7 +134,7 @@ void merge_train_json(nlohmann::ordered_json& base, const nlohmann::json& overla
 nlohmann::json parse_flag_value(const std::string& field, const std::string& text) {
   const bool is_text = field == "train_data" || field == "valid_data" || field == "out_dir" || field == "device" ||
                        field == "precision" || field == "model.ffn" || field == "model.activation" || field == "model.position" || field == "model.block" ||
-                       field == "model.full_attention_position";
+                       field == "model.full_attention_position" || field == "model.norm" || field == "model.norm_placement";
   if (is_text) return text;
   try {
     return nlohmann::json::parse(text);
@@ -226,6 +237,7 @@ TrainConfig train_config_from_json(const nlohmann::ordered_json& j) {
   c.json["device"] = c.device == TrainDevice::cuda ? "cuda" : "cpu";   // resolved, as used
   if (c.device == TrainDevice::cpu) c.json["precision"] = "fp32";
   c.json["optimizer"]["cycle"] = c.cycle;   // resolved, as used
+  c.json["model"] = to_json(c.model);        // resolved: d_ff, the MoE's defaults
   return c;
 }
 

@@ -73,6 +73,22 @@ std::string fmt(const char* format, double v) {
   return buf;
 }
 
+// "step 50: moe aux 2.06 (Σ over 2 layers; 1 a layer when balanced); expert tokens layer 0: 27% 24% 25% 24%, ..."
+// — each expert's share of its layer's routed assignments, and the dropped share with a capacity.
+std::string moe_line(std::int64_t step, const StepResult& r, const ModelConfig& mc) {
+  std::string line = str("step ", step, ": moe aux ", fmt("%.4f", r.moe_aux), " (sum over ", mc.num_layers,
+                         " layers; 1 a layer when balanced); expert tokens");
+  for (std::size_t l = 0; l < r.expert_tokens.size(); ++l) {
+    std::int64_t total = 0;
+    for (std::int64_t n : r.expert_tokens[l]) total += n;
+    const double share = 100.0 / static_cast<double>(std::max<std::int64_t>(total, 1));
+    line += str(l == 0 ? " layer " : ", layer ", l, ":");
+    for (std::int64_t n : r.expert_tokens[l]) line += str(" ", fmt("%.0f%%", share * static_cast<double>(n)));
+    if (mc.moe.capacity_factor > 0) line += str(" (dropped ", fmt("%.1f%%", share * static_cast<double>(r.moe_dropped[l])), ")");
+  }
+  return line;
+}
+
 }  // namespace
 
 TrainResult run_training(const TrainConfig& cfg, const std::string& resume_checkpoint) {
@@ -215,10 +231,17 @@ TrainResult run_training(const TrainConfig& cfg, const std::string& resume_check
       interval_start = now;
       excluded = 0;
       interval_tokens = 0;
-      metrics.write({{"step", state.step}, {"train_loss", loss}, {"lr", lr}, {"grad_norm", norm},
-                     {"tokens", state.tokens_seen}, {"tokens_per_s", tokens_per_s}, {"mfu", mfu},
-                     {"elapsed_s", state.elapsed_s + now - segment_start},
-                     {"train_s", state.elapsed_s + now - segment_start - aside_total}});
+      nlohmann::ordered_json record = {{"step", state.step}, {"train_loss", loss}, {"lr", lr}, {"grad_norm", norm},
+                                        {"tokens", state.tokens_seen}, {"tokens_per_s", tokens_per_s}, {"mfu", mfu},
+                                        {"elapsed_s", state.elapsed_s + now - segment_start},
+                                        {"train_s", state.elapsed_s + now - segment_start - aside_total}};
+      if (mc.is_moe()) {
+        record["moe_aux"] = r.moe_aux;
+        record["expert_tokens"] = r.expert_tokens;
+        if (mc.moe.capacity_factor > 0) record["moe_dropped"] = r.moe_dropped;
+        progress.print(moe_line(state.step, r, mc));
+      }
+      metrics.write(record);
     }
     result.final_train_loss = loss;
     progress.set(state.step, "loss " + fmt("%.4f", loss) + "  lr " + fmt("%.2e", lr) + "  gnorm " + fmt("%.3f", norm) +

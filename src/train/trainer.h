@@ -7,6 +7,10 @@
 //   {"step", "train_loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "elapsed_s", "train_s"} and
 //   {"step", "val_loss", "val_ppl", "elapsed_s", "train_s"}; train_s leaves out the time spent in
 //   evaluations and checkpoints (of this process; earlier segments of a resumed run count whole).
+//   A mixture-of-experts model's training records also have "moe_aux" (Σ_layers of the load-balancing
+//   loss, the mean over the step's micro-batches), "expert_tokens" ([[assignments per expert] per
+//   layer], summed over them) and, with a capacity, "moe_dropped" ([per layer]); a line with each
+//   expert's share is printed with every record.
 // A NaN or infinite loss or gradient norm stops the run with an Error naming the step and the last
 // good checkpoint; Ctrl-C finishes the current step, saves a checkpoint and stops.
 #pragma once

@@ -375,7 +375,8 @@ GpuModel::GpuModel(const ModelConfig& c, const GpuModelOptions& o) : impl_(std::
   if (!c.is_default_architecture())
     fail("the GPU path has the CS336 architecture only so far (model fields \"ffn\", \"position\", \"tie_embeddings\", "
          "\"z_loss\", \"logit_softcap\", \"qk_norm\", \"block\", \"num_kv_heads\", \"head_dim\", \"attention_window\", "
-         "\"attn_softcap\", \"dropout\", \"attention_dropout\" at their defaults; this model sets ",
+         "\"attn_softcap\", \"dropout\", \"attention_dropout\", \"norm\", \"norm_placement\", \"bias\", \"moe\" at "
+         "their defaults; this model sets ",
          to_json(c).dump(), "); train it on the CPU with --device cpu");
   Impl& m = *impl_;
   m.c = c;

@@ -58,6 +58,28 @@ void linear_backward(float* dx, float* dw, const float* dout, const float* x, co
   gemm(dw, Din, dout, Dout, Transpose::yes, x, Din, Transpose::no, Dout, Din, N, 1.0f, Accumulate::yes);
 }
 
+void linear_forward(float* out, const float* x, const float* w, const float* bias, std::int64_t N, std::int64_t Din,
+                    std::int64_t Dout) {
+  linear_forward(out, x, w, N, Din, Dout);
+  if (!bias) return;
+#pragma omp parallel for schedule(static)
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t o = 0; o < Dout; ++o) out[n * Dout + o] += bias[o];
+}
+
+void linear_backward(float* dx, float* dw, float* dbias, const float* dout, const float* x, const float* w,
+                     std::int64_t N, std::int64_t Din, std::int64_t Dout, Accumulate dx_acc) {
+  linear_backward(dx, dw, dout, x, w, N, Din, Dout, dx_acc);
+  if (!dbias) return;
+  // Each output column summed over the rows in order, in double (deterministic at any thread count).
+#pragma omp parallel for schedule(static)
+  for (std::int64_t o = 0; o < Dout; ++o) {
+    double s = 0.0;
+    for (std::int64_t n = 0; n < N; ++n) s += dout[n * Dout + o];
+    dbias[o] += static_cast<float>(s);
+  }
+}
+
 }  // namespace scratchlm
 
 #include <chrono>

@@ -16,7 +16,7 @@ std::vector<AdamWChunk> adamw_chunks(const ParamLayout& layout, const AdamWOptio
   std::vector<AdamWChunk> chunks;
   for (std::size_t k = 0; k < layout.specs.size(); ++k) {
     const ParamSpec& spec = layout.specs[k];
-    const bool decay = opt.weight_decay != 0.0 && (opt.decay_norm_gains || !spec.is_norm_gain);
+    const bool decay = opt.weight_decay != 0.0 && (opt.decay_norm_gains || !spec.is_gain_or_bias);
     const std::int64_t copy = copy_offsets.empty() ? spec.offset : copy_offsets[k];
     for (std::int64_t i = 0; i < spec.numel(); i += kChunk)
       chunks.push_back({spec.offset + i, std::min(kChunk, spec.numel() - i), copy + i, decay ? 1 : 0});
