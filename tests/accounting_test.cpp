@@ -17,18 +17,7 @@ using namespace scratchlm::test;
 
 namespace {
 
-ModelConfig shape(std::int64_t V, std::int64_t T, std::int64_t C, std::int64_t L, std::int64_t H, std::int64_t F) {
-  ModelConfig c;
-  c.vocab_size = V;
-  c.context_length = T;
-  c.d_model = C;
-  c.num_layers = L;
-  c.num_heads = H;
-  c.d_ff = F;
-  return c;
-}
-
-ModelConfig gpt2_xl() { return shape(50257, 1024, 1600, 48, 25, 6400); }
+ModelConfig gpt2_xl() { return model_shape(50257, 1024, 1600, 48, 25, 6400); }
 
 // configs/ sits next to tests/ in the source tree.
 std::string config_path(const std::string& name) { return data_path("../../configs/" + name); }
@@ -74,7 +63,7 @@ TEST(Accounting, Gpt2XlForwardFlops) {
 
 TEST(Accounting, TrainFlopsPerTokenIsSixNPlusAttention) {
   // 3 × forward per token = 6·(L·(4C² + 3CF) + V·C) + 12·L·T·C.
-  for (const ModelConfig& c : {gpt2_xl(), shape(10000, 256, 512, 4, 16, 1344), shape(300, 64, 32, 2, 4, 96)})
+  for (const ModelConfig& c : {gpt2_xl(), model_shape(10000, 256, 512, 4, 16, 1344), model_shape(300, 64, 32, 2, 4, 96)})
     for (std::int64_t T : {std::int64_t{1}, c.context_length / 2, c.context_length}) {
       const double V = c.vocab_size, C = c.d_model, L = c.num_layers, F = c.d_ff;
       const double matmul_weights = L * (4 * C * C + 3 * C * F) + V * C;
@@ -102,9 +91,9 @@ std::vector<ModelConfig> with_ffn_variants(std::vector<ModelConfig> shapes) {
 }
 
 TEST(Accounting, ParametersMatchTheParamTable) {
-  for (const ModelConfig& c : with_ffn_variants({gpt2_xl(), shape(10000, 256, 512, 4, 16, 1344),
-                                                 shape(300, 64, 32, 2, 4, 96), shape(50257, 1024, 768, 12, 12, 3072),
-                                                 shape(257, 16, 8, 1, 2, 24)})) {
+  for (const ModelConfig& c : with_ffn_variants({gpt2_xl(), model_shape(10000, 256, 512, 4, 16, 1344),
+                                                 model_shape(300, 64, 32, 2, 4, 96), model_shape(50257, 1024, 768, 12, 12, 3072),
+                                                 model_shape(257, 16, 8, 1, 2, 24)})) {
     const ParamLayout layout = param_layout(c);
     const ParamCounts p = compute_accounting(c, 1, c.context_length).params;
     EXPECT_EQ(p.total, layout.total) << c.d_model;
@@ -118,7 +107,7 @@ TEST(Accounting, ParametersMatchTheParamTable) {
 }
 
 TEST(Accounting, MemoryMatchesTheCpuActivations) {
-  for (const ModelConfig& c : with_ffn_variants({shape(300, 64, 32, 2, 4, 96), shape(257, 16, 8, 1, 2, 24)}))
+  for (const ModelConfig& c : with_ffn_variants({model_shape(300, 64, 32, 2, 4, 96), model_shape(257, 16, 8, 1, 2, 24)}))
     for (std::int64_t B : {1, 3})
       for (std::int64_t T : {std::int64_t{1}, c.context_length}) {
         const MemoryPlan m = compute_accounting(c, B, T).memory;
