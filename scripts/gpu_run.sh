@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything GPU in one call of the device tool (the GPU machine; build made here and staged by
 # scripts/stage_device.sh into .device/build.tar.xz, carried as .device):
-#   scripts/gpu_run.sh [tests,bench,parity,profile,ttl]     (default: tests,bench,parity)
+#   scripts/gpu_run.sh [tests,bench,parity,profile,ttl,generate]     (default: tests,bench,parity)
 #   tests   PyTorch's own bf16 errors (reference/torch_bf16_errors.py), then the whole ctest suite,
 #           GPU tests included;
 #   bench   bench/train_gpu/run.sh: scratchlm against torch_lm.py (eager, compile), same GPU;
@@ -10,6 +10,10 @@
 #   ttl     bench/train_gpu/time_to_loss.sh: validation loss against training time, ours and torch.compile.
 #   wgmma   bench/attention/wgmma_lab.sh: the staged wgmma attention lab (needs only
 #           build/scratchlm_wgmma_lab, or the staged build; see bench/attention/WGMMA_NOTES.md).
+#   generate the GPU decoder's tests (GpuDecodeKernels.*, GpuDecoder.*, GenerateCommand.*), then
+#           bench/generate/run.sh with the time per kernel (PROFILE=1): ours against torch_decode.py
+#           and Hugging Face generate; logs in $OUT/generate/ (tests.log, gpu_tests.log, bench.log).
+#           GENERATE=tests or GENERATE=bench runs one half (default both).
 # parity and ttl need the token files of scripts/prepare_gutenberg.sh in .device/data.
 # Logs and the fixtures written go to $OUT (when set) for the caller to keep.
 set -uo pipefail
@@ -43,6 +47,21 @@ if [[ ",$what," == *,parity,* ]]; then
 fi
 if [[ ",$what," == *,wgmma,* ]]; then
   bench/attention/wgmma_lab.sh "" 2>&1 | tee "$out/wgmma_lab.log" | tail -80 || status=1
+fi
+gen_parts=${GENERATE:-tests,bench}
+if [[ ",$what," == *,generate,* && ",$gen_parts," == *,tests,* ]]; then
+  mkdir -p "$out/generate"
+  # the command's tests through ctest (which needs device_check.sh's links), the kernel and decoder
+  # tests directly, for their printed errors
+  scripts/device_check.sh .device/build '^GenerateCommand' > "$out/generate/tests.log" 2>&1 || status=1
+  grep -E "tests passed|tests failed|Failed|\*\*\*" "$out/generate/tests.log" | head -20
+  .device/build/tests/scratchlm_tests --gtest_filter='GpuDecod*' > "$out/generate/gpu_tests.log" 2>&1 || status=1
+  grep -E "^  |OK \]|FAILED|PASSED|Failure" "$out/generate/gpu_tests.log" | head -80
+fi
+if [[ ",$what," == *,generate,* && ",$gen_parts," == *,bench,* ]]; then
+  mkdir -p "$out/generate"
+  PROFILE=1 bench/generate/run.sh > "$out/generate/bench.log" 2>&1 || status=1
+  sed -n '/^device-to-device/,$p' "$out/generate/bench.log"
 fi
 if [[ ",$what," == *,ttl,* ]]; then
   bench/train_gpu/time_to_loss.sh 2>&1 | tee "$out/ttl.log" | tail -12 || status=1

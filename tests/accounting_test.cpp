@@ -18,18 +18,7 @@ using namespace scratchlm::test;
 
 namespace {
 
-ModelConfig shape(std::int64_t V, std::int64_t T, std::int64_t C, std::int64_t L, std::int64_t H, std::int64_t F) {
-  ModelConfig c;
-  c.vocab_size = V;
-  c.context_length = T;
-  c.d_model = C;
-  c.num_layers = L;
-  c.num_heads = H;
-  c.d_ff = F;
-  return c;
-}
-
-ModelConfig gpt2_xl() { return shape(50257, 1024, 1600, 48, 25, 6400); }
+ModelConfig gpt2_xl() { return model_shape(50257, 1024, 1600, 48, 25, 6400); }
 
 // configs/ sits next to tests/ in the source tree.
 std::string config_path(const std::string& name) { return data_path("../../configs/" + name); }
@@ -75,7 +64,7 @@ TEST(Accounting, Gpt2XlForwardFlops) {
 
 TEST(Accounting, TrainFlopsPerTokenIsSixNPlusAttention) {
   // 3 × forward per token = 6·(L·(4C² + 3CF) + V·C) + 12·L·T·C.
-  for (const ModelConfig& c : {gpt2_xl(), shape(10000, 256, 512, 4, 16, 1344), shape(300, 64, 32, 2, 4, 96)})
+  for (const ModelConfig& c : {gpt2_xl(), model_shape(10000, 256, 512, 4, 16, 1344), model_shape(300, 64, 32, 2, 4, 96)})
     for (std::int64_t T : {std::int64_t{1}, c.context_length / 2, c.context_length}) {
       const double V = c.vocab_size, C = c.d_model, L = c.num_layers, F = c.d_ff;
       const double matmul_weights = L * (4 * C * C + 3 * C * F) + V * C;
@@ -142,9 +131,9 @@ std::vector<ModelConfig> with_ffn_variants(std::vector<ModelConfig> shapes) {
 }
 
 TEST(Accounting, ParametersMatchTheParamTable) {
-  for (const ModelConfig& c : with_ffn_variants({gpt2_xl(), shape(10000, 256, 512, 4, 16, 1344),
-                                                 shape(300, 64, 32, 2, 4, 96), shape(50257, 1024, 768, 12, 12, 3072),
-                                                 shape(257, 16, 8, 1, 2, 24)})) {
+  for (const ModelConfig& c : with_ffn_variants({gpt2_xl(), model_shape(10000, 256, 512, 4, 16, 1344),
+                                                 model_shape(300, 64, 32, 2, 4, 96), model_shape(50257, 1024, 768, 12, 12, 3072),
+                                                 model_shape(257, 16, 8, 1, 2, 24)})) {
     const ParamLayout layout = param_layout(c);
     const ParamCounts p = compute_accounting(c, 1, c.context_length).params;
     EXPECT_EQ(p.total, layout.total) << c.d_model;
@@ -183,7 +172,7 @@ TEST(Accounting, ParametersMatchTheParamTable) {
 TEST(Accounting, MixtureOfExpertsByHand) {
   // V 100, C 16, L 2, H 2, T 8; SwiGLU experts E 4, k 2, S 1, Fe 8; biases; LayerNorm with bias in
   // double placement (4 norms a layer).
-  ModelConfig c = shape(100, 8, 16, 2, 2, 64);
+  ModelConfig c = model_shape(100, 8, 16, 2, 2, 64);
   c.bias = true;
   c.norm = Norm::layernorm;
   c.norm_placement = NormPlacement::pre_and_post;
@@ -211,7 +200,7 @@ TEST(Accounting, MixtureOfExpertsByHand) {
   EXPECT_DOUBLE_EQ(train_flops_per_token(c, 8), 3 * 105472.0 / 8);
   EXPECT_EQ(a.training_per_step, 3 * 3 * 105472.0);
   // Without norms: no norm parameters at all, ln_final included.
-  ModelConfig bare = shape(100, 8, 16, 2, 2, 64);
+  ModelConfig bare = model_shape(100, 8, 16, 2, 2, 64);
   bare.norm = Norm::none;
   const ParamCounts p = compute_accounting(bare, 1, 8).params;
   EXPECT_EQ(p.norms_per_layer, 0);
@@ -220,7 +209,7 @@ TEST(Accounting, MixtureOfExpertsByHand) {
 }
 
 TEST(Accounting, MemoryMatchesTheCpuActivations) {
-  for (const ModelConfig& c : with_ffn_variants({shape(300, 64, 32, 2, 4, 96), shape(257, 16, 8, 1, 2, 24)}))
+  for (const ModelConfig& c : with_ffn_variants({model_shape(300, 64, 32, 2, 4, 96), model_shape(257, 16, 8, 1, 2, 24)}))
     for (std::int64_t B : {1, 3})
       for (std::int64_t T : {std::int64_t{1}, c.context_length}) {
         const MemoryPlan m = compute_accounting(c, B, T).memory;
@@ -234,7 +223,7 @@ TEST(Accounting, MemoryMatchesTheCpuActivations) {
 }
 
 TEST(Accounting, KvCacheMatchesTheCpuCache) {
-  for (const ModelConfig& c : with_ffn_variants({shape(300, 64, 32, 2, 4, 96), shape(257, 16, 8, 3, 2, 24)})) {
+  for (const ModelConfig& c : with_ffn_variants({model_shape(300, 64, 32, 2, 4, 96), model_shape(257, 16, 8, 3, 2, 24)})) {
     const KvCacheBytes kv = compute_accounting(c, 1, c.context_length).kv_cache;
     EXPECT_EQ(kv.sequence_fp32, KvCache(c, c.context_length).bytes());
     EXPECT_EQ(kv.sequence_bf16 * 2, kv.sequence_fp32);
@@ -245,7 +234,7 @@ TEST(Accounting, KvCacheMatchesTheCpuCache) {
 TEST(Accounting, GroupedQueryAndWindowedAttentionByHand) {
   // V 1,000, context 256, C 512, L 4, H 8, Hkv 2 (D 64, Q 512, K 128), F 1,344, W 64, full every 2
   // (layers 1 and 3 full, 0 and 2 windowed); T = 256.
-  ModelConfig c = shape(1000, 256, 512, 4, 8, 1344);
+  ModelConfig c = model_shape(1000, 256, 512, 4, 8, 1344);
   c.num_kv_heads = 2;
   c.attention_window = 64;
   c.full_attention_every = 2;
@@ -280,7 +269,7 @@ TEST(Accounting, GroupedQueryAndWindowedAttentionByHand) {
       EXPECT_EQ(m.per_sequence, 2.0 * 32 * 32 * 512 * 2) << m.name;
     }
   // Head size of its own: H 4, D 48 (Q 192 ≠ C 128), Hkv 1 (K 48); learned positions (256·128).
-  ModelConfig d = shape(1000, 256, 128, 2, 4, 384);
+  ModelConfig d = model_shape(1000, 256, 128, 2, 4, 384);
   d.head_dim = 48;
   d.num_kv_heads = 1;
   d.position = Position::learned;

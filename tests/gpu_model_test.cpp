@@ -16,15 +16,13 @@
 #include "model/model.h"
 #include "tensor/device.h"
 #include "tensor/safetensors.h"
+#include "gpu_test_util.h"
 #include "test_util.h"
 #include "util/error.h"
 #include "util/files.h"
 
 namespace scratchlm {
 namespace {
-
-#define SLM_REQUIRE_GPU() \
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no GPU on this machine"
 
 const std::string kDir = SCRATCHLM_TEST_DATA "/reference/lm-small";
 

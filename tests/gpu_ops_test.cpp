@@ -33,6 +33,7 @@
 #include "tensor/device.h"
 #include "tensor/gpu_buffer.h"
 #include "tensor/safetensors.h"
+#include "gpu_test_util.h"
 #include "test_util.h"
 #include "train/optimizer_cuda.h"
 #include "util/files.h"
@@ -45,52 +46,14 @@
 namespace scratchlm {
 namespace {
 
-#define SLM_REQUIRE_GPU() \
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no GPU on this machine"
-
-std::vector<float> randn(std::size_t n, std::uint32_t seed, float scale = 1.0f) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(gen);
-  return v;
-}
-
-std::vector<float> round_bf16(std::vector<float> v) {
-  for (float& x : v) x = to_float(to_bf16(x));
-  return v;
-}
+using test::download;
+using test::randn;
+using test::round_bf16;
+using test::rounding_error;
+using test::upload;
 
 // ‖a − ref‖ / ‖ref‖ (test_util.h; the RMS of a where ref is exactly zero, as dq and dk at T = 1).
 double rel(const std::vector<float>& a, const std::vector<float>& ref) { return test::rel_error(a, ref); }
-
-double rounding_error(const std::vector<float>& ref) { return rel(round_bf16(ref), ref); }
-
-template <typename T>
-GpuBuffer upload(const std::vector<float>& v) {
-  GpuBuffer b(static_cast<std::int64_t>(v.size() * sizeof(T)));
-  if constexpr (std::is_same_v<T, float>) {
-    copy_to_gpu(b.data(), v.data(), b.bytes());
-  } else {
-    std::vector<Bf16> h(v.size());
-    for (std::size_t i = 0; i < v.size(); ++i) h[i] = to_bf16(v[i]);
-    copy_to_gpu(b.data(), h.data(), b.bytes());
-  }
-  return b;
-}
-
-template <typename T>
-std::vector<float> download(const GpuBuffer& b, std::size_t n) {
-  std::vector<float> v(n);
-  if constexpr (std::is_same_v<T, float>) {
-    copy_from_gpu(v.data(), b.data(), static_cast<std::int64_t>(n * 4));
-  } else {
-    std::vector<Bf16> h(n);
-    copy_from_gpu(h.data(), b.data(), static_cast<std::int64_t>(n * 2));
-    for (std::size_t i = 0; i < n; ++i) v[i] = to_float(h[i]);
-  }
-  return v;
-}
 
 // What the GPU op reads: the input itself in fp32, its bf16 rounding in bf16.
 template <typename T>

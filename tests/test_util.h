@@ -13,10 +13,24 @@
 #include <string_view>
 #include <vector>
 
+#include "model/config.h"
 #include "tokenizer/bpe_train.h"
 #include "tokenizer/vocab.h"
 
 namespace scratchlm::test {
+
+// A CS336 model shape (rope_theta and the variant fields at their defaults).
+inline ModelConfig model_shape(std::int64_t V, std::int64_t T, std::int64_t C, std::int64_t L, std::int64_t H,
+                               std::int64_t F) {
+  ModelConfig c;
+  c.vocab_size = V;
+  c.context_length = T;
+  c.d_model = C;
+  c.num_layers = L;
+  c.num_heads = H;
+  c.d_ff = F;
+  return c;
+}
 
 // ‖got − want‖ / ‖want‖ over a whole tensor (want[0 .. n), got the same length); infinite if got
 // holds a NaN or an infinity; when want is exactly zero, the RMS of got instead.

@@ -3,6 +3,7 @@
 // metrics and checkpoints, exact resume, a NaN stop, and bad input of every kind failing cleanly.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -258,28 +259,35 @@ TEST(TrainCommand, LearnsLogsAndCheckpoints) {
                              {"not the tokenizer"});
 }
 
-TEST(GenerateCommand, GreedyIsDeterministicAndSamplingFollowsTheSeed) {
-  // A byte-level vocabulary (256 bytes + <|endoftext|>) and a model trained on a repeated sentence.
-  TempDir dir;
+// A byte-level vocabulary (256 bytes + <|endoftext|>) in dir/tok and a model trained on a repeated
+// sentence in dir/run.
+void train_byte_model(const TempDir& dir) {
   save_tokenizer_dir(dir.file("tok"), test::byte_vocab());
   std::vector<std::uint32_t> ids;
   for (int rep = 0; rep < 400; ++rep)
     for (unsigned char ch : std::string("the cat sat on the mat. ")) ids.push_back(ch);
   write_tokens(dir.file("train.bin"), ids);
-  const auto train = test::run_cli({"train", "--model.vocab_size", "257", "--model.context_length", "32", "--model.d_model", "32",
-                                    "--model.num_layers", "1", "--model.num_heads", "2", "--model.d_ff", "64",
-                                    "--model.rope_theta", "10000.0", "--train_data", dir.file("train.bin"), "--steps", "60",
-                                    "--batch_size", "8", "--optimizer.lr_max", "1e-2", "--optimizer.warmup", "5",
-                                    "--out_dir", dir.file("run"), "--peak_flops", "1e10", "--config", "/dev/null"});
+  const std::vector<std::string> model = {"--model.vocab_size", "257", "--model.context_length", "32",
+                                          "--model.d_model", "32", "--model.num_layers", "1",
+                                          "--model.num_heads", "2", "--model.d_ff", "64",
+                                          "--model.rope_theta", "10000.0", "--train_data", dir.file("train.bin"),
+                                          "--steps", "60", "--batch_size", "8", "--optimizer.lr_max", "1e-2",
+                                          "--optimizer.warmup", "5", "--out_dir", dir.file("run"),
+                                          "--peak_flops", "1e10"};
+  std::vector<std::string> args = {"train"};
+  args.insert(args.end(), model.begin(), model.end());
+  std::vector<std::string> bad = args;
+  bad.insert(bad.end(), {"--config", "/dev/null"});
   // --config /dev/null is not JSON: the command must say so, then run without it
-  test::expect_clean_failure(train, {"/dev/null"});
-  const auto trained = test::run_cli({"train", "--model.vocab_size", "257", "--model.context_length", "32", "--model.d_model", "32",
-                                      "--model.num_layers", "1", "--model.num_heads", "2", "--model.d_ff", "64",
-                                      "--model.rope_theta", "10000.0", "--train_data", dir.file("train.bin"), "--steps", "60",
-                                      "--batch_size", "8", "--optimizer.lr_max", "1e-2", "--optimizer.warmup", "5",
-                                      "--out_dir", dir.file("run"), "--peak_flops", "1e10", "--threads", "1",
-                                      "--device", "cpu"});
+  test::expect_clean_failure(test::run_cli(bad), {"/dev/null"});
+  args.insert(args.end(), {"--threads", "1", "--device", "cpu"});
+  const auto trained = test::run_cli(args);
   ASSERT_EQ(trained.exit_code, 0) << trained.err;
+}
+
+TEST(GenerateCommand, GreedyIsDeterministicAndSamplingFollowsTheSeed) {
+  TempDir dir;
+  train_byte_model(dir);
   auto gen = [&](const std::string& temperature, const std::string& seed, const std::string& device = "cpu",
                  const std::string& precision = "bf16") {
     const auto r = test::run_cli({"generate", "--checkpoint", dir.file("run"), "--tokenizer", dir.file("tok"), "--prompt",
@@ -302,6 +310,87 @@ TEST(GenerateCommand, GreedyIsDeterministicAndSamplingFollowsTheSeed) {
   test::expect_clean_failure(test::run_cli({"generate", "--checkpoint", dir.file("run"), "--tokenizer", dir.file("tok"),
                                             "--prompt", "x", "--top-p", "1.5"}),
                              {"--top-p"});
+}
+
+// --batch-file: one completion a line, in order, escaped (\\, \n, \r), each the text the same prompt
+// gives alone; --out writes the lines to a file instead. On the GPU, the decoder's batch does not
+// change any prompt's text (greedy or sampled).
+TEST(GenerateCommand, BatchFileGivesOneCompletionPerLine) {
+  TempDir dir;
+  train_byte_model(dir);
+  const std::vector<std::string> prompts = {"the cat", "", "on the m", "sat"};
+  std::string file;
+  for (const std::string& p : prompts) file += p + "\n";
+  test::write_bytes(dir.file("prompts.txt"), file);
+  auto escaped = [](const std::string& text) {
+    std::string out;
+    for (char ch : text) {
+      if (ch == '\\') out += "\\\\";
+      else if (ch == '\n') out += "\\n";
+      else if (ch == '\r') out += "\\r";
+      else out += ch;
+    }
+    return out;
+  };
+  auto run = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"generate", "--checkpoint", dir.file("run"), "--tokenizer", dir.file("tok"),
+                                     "--max-new-tokens", "12", "--threads", "1"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const auto r = test::run_cli(args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.err.find("tokens/s"), std::string::npos) << r.err;
+    return r;
+  };
+  for (const std::string temperature : {"0", "1"}) {
+    SCOPED_TRACE("temperature " + temperature);
+    const auto batch = run({"--batch-file", dir.file("prompts.txt"), "--device", "cpu", "--temperature", temperature,
+                            "--seed", "5"});
+    std::string want;
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+      // prompt i samples with seed + i; alone it prints the prompt, the completion and a newline
+      const auto one = run({"--prompt", prompts[i], "--device", "cpu", "--temperature", temperature, "--seed",
+                            std::to_string(5 + i)});
+      ASSERT_EQ(one.out.rfind(prompts[i], 0), 0u);
+      ASSERT_EQ(one.out.back(), '\n');
+      want += escaped(one.out.substr(prompts[i].size(), one.out.size() - prompts[i].size() - 1)) + "\n";
+    }
+    EXPECT_EQ(batch.out, want);
+    if (temperature == "0") {
+      EXPECT_NE(batch.out.find("on the mat"), std::string::npos) << batch.out;
+    }
+    // --out: the same lines in the file, nothing on stdout
+    const auto to_file = run({"--batch-file", dir.file("prompts.txt"), "--device", "cpu", "--temperature", temperature,
+                              "--seed", "5", "--out", dir.file("out.txt")});
+    EXPECT_EQ(to_file.out, "");
+    EXPECT_EQ(test::read_bytes(dir.file("out.txt")), want);
+    if (cuda_device_count() > 0) {
+      // 4 prompts through 2, 3 and 4 slots of the GPU decoder: the same lines
+      std::string first;
+      for (const std::string bs : {"2", "3", "4"}) {
+        const auto gpu = run({"--batch-file", dir.file("prompts.txt"), "--device", "cuda", "--temperature", temperature,
+                              "--seed", "5", "--batch-size", bs});
+        EXPECT_EQ(std::count(gpu.out.begin(), gpu.out.end(), '\n'), 4) << gpu.out;
+        if (first.empty()) first = gpu.out;
+        EXPECT_EQ(gpu.out, first) << "batch size " << bs;
+      }
+      if (temperature == "0") {
+        EXPECT_NE(first.find("on the mat"), std::string::npos) << first;
+      }
+    }
+  }
+  test::expect_clean_failure(test::run_cli({"generate", "--checkpoint", dir.file("run"), "--tokenizer", dir.file("tok"),
+                                            "--prompt", "x", "--batch-file", dir.file("prompts.txt")}),
+                             {"--prompt", "--batch-file"});
+  test::expect_clean_failure(test::run_cli({"generate", "--checkpoint", dir.file("run"), "--tokenizer", dir.file("tok"),
+                                            "--prompt", "x", "--out", dir.file("o.txt")}),
+                             {"--out", "--batch-file"});
+  test::expect_clean_failure(test::run_cli({"generate", "--checkpoint", dir.file("run"), "--tokenizer", dir.file("tok"),
+                                            "--batch-file", dir.file("missing.txt")}),
+                             {"missing.txt"});
+  test::write_bytes(dir.file("long.txt"), "the cat\n" + std::string(40, 'a') + "\n");
+  test::expect_clean_failure(test::run_cli({"generate", "--checkpoint", dir.file("run"), "--tokenizer", dir.file("tok"),
+                                            "--batch-file", dir.file("long.txt"), "--device", "cpu"}),
+                             {"long.txt:2", "context length"});
 }
 
 TEST(TrainCommand, ResumeIsExactBitForBit) {
