@@ -46,6 +46,8 @@
 namespace scratchlm {
 namespace {
 
+using test::as_stored;
+using test::bound;
 using test::download;
 using test::randn;
 using test::round_bf16;
@@ -55,19 +57,6 @@ using test::upload;
 // ‖a − ref‖ / ‖ref‖ (test_util.h; the RMS of a where ref is exactly zero, as dq and dk at T = 1).
 double rel(const std::vector<float>& a, const std::vector<float>& ref) { return test::rel_error(a, ref); }
 
-// What the GPU op reads: the input itself in fp32, its bf16 rounding in bf16.
-template <typename T>
-std::vector<float> as_stored(const std::vector<float>& v) {
-  if constexpr (std::is_same_v<T, float>) return v;
-  else return round_bf16(v);
-}
-
-// The bound for an output stored in T, given the exact reference.
-template <typename T>
-double bound(const std::vector<float>& ref, double fp32_bound = 1e-5) {
-  if constexpr (std::is_same_v<T, float>) return fp32_bound;
-  else return 2.0 * rounding_error(ref) + 1e-6;
-}
 
 template <typename T> void rmsnorm_case(std::int64_t C);
 void embedding_case(std::int64_t C);

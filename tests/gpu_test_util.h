@@ -34,6 +34,22 @@ inline std::vector<float> round_bf16(std::vector<float> v) {
 // stores bf16 can beat.
 inline double rounding_error(const std::vector<float>& ref) { return rel_error(round_bf16(ref), ref); }
 
+// What a GPU op reads: the input itself in fp32, its bf16 rounding in bf16.
+template <typename T>
+std::vector<float> as_stored(const std::vector<float>& v) {
+  if constexpr (std::is_same_v<T, float>) return v;
+  else return round_bf16(v);
+}
+
+// The bound for an output stored in T, given the exact reference: fp32_bound in fp32; in bf16
+// twice the error of rounding the reference to bf16 (which no op storing bf16 can beat), plus
+// float noise.
+template <typename T>
+double bound(const std::vector<float>& ref, double fp32_bound = 1e-5) {
+  if constexpr (std::is_same_v<T, float>) return fp32_bound;
+  else return 2.0 * rounding_error(ref) + 1e-6;
+}
+
 template <typename T>
 GpuBuffer upload(const std::vector<float>& v) {
   GpuBuffer b(static_cast<std::int64_t>(v.size() * sizeof(T)));
