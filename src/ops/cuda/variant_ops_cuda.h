@@ -9,6 +9,8 @@
 //     caller-provided `partials` buffer, then the chunks summed in index order), so results repeat
 //     bit for bit from run to run, which exact resume needs.
 //   - Sizes may be anything ≥ 0 (no multiple-of-block requirement); N = 0 launches nothing.
+//   - Where the only T argument is an optional copy (layernorm_backward_cuda's dx_copy,
+//     dropout_forward_cuda's out_copy), passing nullptr needs the type spelled: f<T>(..., nullptr, ...).
 // Left out: attention-probability dropout ("attention_dropout") lives inside the flash attention
 // kernels (attention_cuda.h), which must regenerate ops/dropout.h's mask for site
 // dropout_site_attn_probs(l), index ((b·H + h)·Tq + i)·Tk + j; nothing here does it. The
