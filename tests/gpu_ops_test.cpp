@@ -55,12 +55,7 @@ using test::upload;
 // ‖a − ref‖ / ‖ref‖ (test_util.h; the RMS of a where ref is exactly zero, as dq and dk at T = 1).
 double rel(const std::vector<float>& a, const std::vector<float>& ref) { return test::rel_error(a, ref); }
 
-// What the GPU op reads: the input itself in fp32, its bf16 rounding in bf16.
-template <typename T>
-std::vector<float> as_stored(const std::vector<float>& v) {
-  if constexpr (std::is_same_v<T, float>) return v;
-  else return round_bf16(v);
-}
+using test::as_stored;
 
 // The bound for an output stored in T, given the exact reference.
 template <typename T>

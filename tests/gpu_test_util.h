@@ -34,6 +34,13 @@ inline std::vector<float> round_bf16(std::vector<float> v) {
 // stores bf16 can beat.
 inline double rounding_error(const std::vector<float>& ref) { return rel_error(round_bf16(ref), ref); }
 
+// What a GPU op of storage type T reads: the values themselves in fp32, their bf16 rounding in bf16.
+template <typename T>
+std::vector<float> as_stored(const std::vector<float>& v) {
+  if constexpr (std::is_same_v<T, float>) return v;
+  else return round_bf16(v);
+}
+
 template <typename T>
 GpuBuffer upload(const std::vector<float>& v) {
   GpuBuffer b(static_cast<std::int64_t>(v.size() * sizeof(T)));
