@@ -22,7 +22,6 @@
 
 #include <cuda_runtime.h>
 
-#include <array>
 #include <string>
 #include <vector>
 
@@ -68,58 +67,43 @@ struct GpuResult {
   MoeLayerStats stats;
 };
 
-// The names of one feed-forward's tensors in layer 0.
-std::string ffn_prefix(bool shared, std::int64_t e) {
-  return std::string("layers.0.ffn.") + (shared ? "shared_experts." : "experts.") + std::to_string(e) + ".";
-}
-
-// f(shared, prefix) for each routed expert, then each shared expert, in table order.
-template <class F>
-void each_ffn(const ModelConfig& c, F f) {
-  for (bool shared : {false, true})
-    for (std::int64_t e = 0; e < (shared ? c.moe.num_shared : c.moe.num_experts); ++e) f(shared, ffn_prefix(shared, e));
-}
-
+// Drives the GPU mixture of layer 0 over device copies of the weights in the working precision.
 template <typename T>
 class GpuMoeRunner {
  public:
   GpuMoeRunner(const ModelConfig& c, const ParamLayout& layout, const std::vector<float>& params, MoeCapacity largest)
       : c_(c), layout_(layout) {
     const std::int64_t C = c.d_model, Fe = c.moe.d_ff_expert;
-    auto off = [&](const std::string& name) { return layout.find(name).offset; };
+    std::vector<std::int64_t> offset;
     if constexpr (std::is_same_v<T, float>) {
       // fp32 reads the master arena in place: w1, w2, w3 apart (two up-projection products)
       weights_ = upload<float>(params);
-      const float* base = weights_.as<float>();
-      w_.router = base + off("layers.0.ffn.router.weight");
-      each_ffn(c, [&](bool shared, const std::string& p) {
-        (shared ? w_.shared : w_.experts)
-            .push_back({base + off(p + "w1.weight"), base + off(p + "w3.weight"), base + off(p + "w2.weight")});
-      });
+      for (const ParamSpec& s : layout.specs) offset.push_back(s.offset);
     } else {
-      // bf16: a working copy with each w3 right after its w1 (the fused [W1; W3] product)
+      // bf16: a working copy of the table with each expert's w3 moved right after its w1 (the
+      // fused [W1; W3] product), as the model's copy lays them out
       std::vector<float> copy;
-      std::vector<std::int64_t> at;
-      auto place = [&](const std::string& name) {
-        const ParamSpec& s = layout.find(name);
-        at.push_back(static_cast<std::int64_t>(copy.size()));
+      offset.assign(layout.specs.size(), -1);
+      auto place = [&](std::size_t i) {
+        const ParamSpec& s = layout.specs[i];
+        offset[i] = static_cast<std::int64_t>(copy.size());
         copy.insert(copy.end(), params.begin() + s.offset, params.begin() + s.offset + s.numel());
-        return at.back();
       };
-      const std::int64_t router = place("layers.0.ffn.router.weight");
-      std::vector<std::array<std::int64_t, 3>> ffns;
-      each_ffn(c, [&](bool, const std::string& p) {
-        const std::int64_t w1 = place(p + "w1.weight"), w3 = place(p + "w3.weight"), w2 = place(p + "w2.weight");
-        EXPECT_EQ(w3, w1 + Fe * C);
-        ffns.push_back({w1, w3, w2});
-      });
-      weights_ = upload<Bf16>(copy);
-      const Bf16* base = weights_.as<Bf16>();
-      w_.router = base + router;
-      for (std::size_t i = 0; i < ffns.size(); ++i) {
-        const GpuFfnWeights<Bf16> f{base + ffns[i][0], base + ffns[i][1], base + ffns[i][2]};
-        (static_cast<std::int64_t>(i) < c.moe.num_experts ? w_.experts : w_.shared).push_back(f);
+      for (std::size_t i = 0; i < layout.specs.size(); ++i) {
+        const std::string& name = layout.specs[i].name;
+        if (offset[i] >= 0 || name.ends_with("w3.weight")) continue;   // placed with its w1
+        if (name.ends_with("w1.weight")) {
+          place(i);
+          place(layout.index.at(name.substr(0, name.size() - 9) + "w3.weight"));
+        } else {
+          place(i);
+        }
       }
+      weights_ = upload<Bf16>(copy);
+    }
+    w_ = moe_weights_at<T>(weights_.as<T>(), offset, layout, c, 0);
+    if constexpr (std::is_same_v<T, Bf16>) {
+      for (const auto& f : w_.experts) EXPECT_EQ(f.w3, f.w1 + Fe * C) << "the fused layout";
     }
     const std::int64_t N = 48;
     saved_ = GpuMoeSaved(c, N, sizeof(T), largest);
@@ -129,13 +113,7 @@ class GpuMoeRunner {
   // Forward and backward on the stream (nothing downloaded): y, then dx and grads (accumulated).
   void run(float* y, const float* residual, float* dx, float* grads, const T* x, const T* dy, std::int64_t N,
            MoeCapacity capacity, double aux_scale, cudaStream_t s) {
-    GpuMoeGrads g;
-    auto off = [&](const std::string& name) { return layout_.find(name).offset; };
-    g.router = grads + off("layers.0.ffn.router.weight");
-    each_ffn(c_, [&](bool shared, const std::string& p) {
-      (shared ? g.shared : g.experts)
-          .push_back({grads + off(p + "w1.weight"), grads + off(p + "w3.weight"), grads + off(p + "w2.weight")});
-    });
+    const GpuMoeGrads g = moe_grads_at(grads, layout_, c_, 0);
     moe_forward_cuda<T>(y, saved_, scratch_, residual, x, w_, c_, N, capacity, gemm_, s);
     moe_backward_cuda<T>(dx, g, scratch_, saved_, dy, x, w_, c_, aux_scale, gemm_, s);
   }

@@ -3,6 +3,7 @@
 // atomics anywhere: every sum has a fixed order, so results repeat bit for bit.
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <type_traits>
 
 #include "model/cuda/moe_cuda.h"
@@ -298,6 +299,51 @@ std::int64_t moe_expert_rows(const MoeConfig& moe, std::int64_t N, MoeCapacity c
                                                          static_cast<double>(moe.top_k) /
                                                          static_cast<double>(moe.num_experts)));
   return std::min(N, limit);
+}
+
+namespace {
+
+// f(shared, prefix) for layer l's routed experts, then its shared experts, in table order.
+template <class F>
+void each_ffn(const ModelConfig& c, std::int64_t layer, F f) {
+  const std::string p = "layers." + std::to_string(layer) + ".ffn.";
+  for (std::int64_t e = 0; e < c.moe.num_experts; ++e) f(false, p + "experts." + std::to_string(e) + ".");
+  for (std::int64_t e = 0; e < c.moe.num_shared; ++e) f(true, p + "shared_experts." + std::to_string(e) + ".");
+}
+
+std::string router_name(std::int64_t layer) { return "layers." + std::to_string(layer) + ".ffn.router.weight"; }
+
+}  // namespace
+
+template <typename T>
+GpuMoeWeights<T> moe_weights_at(const T* base, const std::vector<std::int64_t>& offset, const ParamLayout& layout,
+                                const ModelConfig& c, std::int64_t layer) {
+  SLM_CHECK(offset.size() == layout.specs.size(), "moe_weights_at: an offset per parameter tensor");
+  auto at = [&](const std::string& name) {
+    const auto it = layout.index.find(name);
+    SLM_CHECK(it != layout.index.end(), "no parameter named ", name);
+    return base + offset[it->second];
+  };
+  GpuMoeWeights<T> w;
+  w.router = at(router_name(layer));
+  each_ffn(c, layer, [&](bool shared, const std::string& p) {
+    (shared ? w.shared : w.experts).push_back({at(p + "w1.weight"), at(p + "w3.weight"), at(p + "w2.weight")});
+  });
+  return w;
+}
+template GpuMoeWeights<float> moe_weights_at<float>(const float*, const std::vector<std::int64_t>&, const ParamLayout&,
+                                                    const ModelConfig&, std::int64_t);
+template GpuMoeWeights<Bf16> moe_weights_at<Bf16>(const Bf16*, const std::vector<std::int64_t>&, const ParamLayout&,
+                                                  const ModelConfig&, std::int64_t);
+
+GpuMoeGrads moe_grads_at(float* arena, const ParamLayout& layout, const ModelConfig& c, std::int64_t layer) {
+  auto at = [&](const std::string& name) { return arena + layout.find(name).offset; };
+  GpuMoeGrads g;
+  g.router = at(router_name(layer));
+  each_ffn(c, layer, [&](bool shared, const std::string& p) {
+    (shared ? g.shared : g.experts).push_back({at(p + "w1.weight"), at(p + "w3.weight"), at(p + "w2.weight")});
+  });
+  return g;
 }
 
 GpuMoeSaved::GpuMoeSaved(const ModelConfig& c, std::int64_t max_tokens_, std::int64_t elem, MoeCapacity largest)

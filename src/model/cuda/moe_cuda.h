@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/params.h"
 #include "ops/cuda/gemm_cuda.h"
 #include "tensor/gpu_buffer.h"
 
@@ -74,6 +75,15 @@ struct GpuMoeGrads {
   float* router = nullptr;                       // (E, C)
   std::vector<GpuFfnGrads> experts, shared;      // E, S
 };
+
+// Layer l's views by parameter name (params.h: layers.{l}.ffn.router.weight, ffn.experts.{e}.w1 ..):
+// weights at base + offset[i] for the layout's spec i (the fp32 arena: offset[i] = specs[i].offset;
+// a working copy: its own offsets, with each w3 right after its w1 for the fused product);
+// gradients in an fp32 arena laid out by `layout`.
+template <typename T>
+GpuMoeWeights<T> moe_weights_at(const T* base, const std::vector<std::int64_t>& offset, const ParamLayout& layout,
+                                const ModelConfig& c, std::int64_t layer);
+GpuMoeGrads moe_grads_at(float* arena, const ParamLayout& layout, const ModelConfig& c, std::int64_t layer);
 
 // The device statistics of one forward (GpuMoeSaved::stats).
 struct GpuMoeStats {
