@@ -8,6 +8,7 @@
 #   profile the time per part of one step of each benchmark model;
 #   parity  bench/train_gpu/parity.sh: CPU fp32 vs GPU bf16 validation losses on Gutenberg tokens;
 #   ttl     bench/train_gpu/time_to_loss.sh: validation loss against training time, ours and torch.compile.
+#   attention bench/attention/run.sh: our flash attention against PyTorch SDPA (FlashAttention-2, cuDNN).
 #   wgmma   bench/attention/wgmma_lab.sh: the staged wgmma attention lab (needs only
 #           build/scratchlm_wgmma_lab, or the staged build; see bench/attention/WGMMA_NOTES.md).
 #   generate the GPU decoder's tests (GpuDecodeKernels.*, GpuDecoder.*, GenerateCommand.*), then
@@ -44,6 +45,10 @@ fi
 if [[ ",$what," == *,parity,* ]]; then
   bench/train_gpu/parity.sh 2>&1 | tee "$out/parity.log" | tail -14 || status=1
   cp runs/parity-cpu/metrics.jsonl "$out/parity_cpu_metrics.jsonl"; cp runs/parity-gpu/metrics.jsonl "$out/parity_gpu_metrics.jsonl"
+fi
+if [[ ",$what," == *,attention,* ]]; then
+  bench/attention/run.sh > "$out/attention.log" 2>&1 || status=1
+  sed -n '/^shape (B,H,T,D)/,$p' "$out/attention.log"
 fi
 if [[ ",$what," == *,wgmma,* ]]; then
   bench/attention/wgmma_lab.sh "" 2>&1 | tee "$out/wgmma_lab.log" | tail -80 || status=1

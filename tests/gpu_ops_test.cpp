@@ -57,7 +57,6 @@ using test::upload;
 // ‖a − ref‖ / ‖ref‖ (test_util.h; the RMS of a where ref is exactly zero, as dq and dk at T = 1).
 double rel(const std::vector<float>& a, const std::vector<float>& ref) { return test::rel_error(a, ref); }
 
-
 template <typename T> void rmsnorm_case(std::int64_t C);
 void embedding_case(std::int64_t C);
 template <typename T> void rope_case(std::int64_t D, std::int64_t Hkv);

@@ -294,7 +294,9 @@ void ffn_backward(float* dx, const FfnWeights& g, FfnBuffers d, const float* dou
   if (c.gated()) linear_backward(dx, g.w3, g.b3, d.b, x, w.w3, M, C, F, Accumulate::yes);
 }
 
-// ---- mixture of experts ----
+}  // namespace
+
+// ---- mixture of experts (declared in model.h for the GPU path's tests) ----
 
 // y (N, C) = Σ_selected w_e · FFN_e(x) + Σ_s FFN_shared_s(x) over x (N, C), filling a's MoE buffers
 // (see model.h). `capacity`: apply moe.capacity_factor (training and evaluation, not generation).
@@ -463,8 +465,6 @@ void moe_backward(float* dx, const LayerWeights& g, Activations& acts, const Lay
   }
   linear_backward(dx, g.router, dr, x, w.router, N, C, E, Accumulate::yes);
 }
-
-}  // namespace
 
 void model_forward(Activations& acts, Model& model, const std::int32_t* ids, std::int64_t B, std::int64_t T,
                    KvCache* cache, const PassOptions& pass) {

@@ -161,6 +161,17 @@ double model_loss(Activations& acts, const Model& model, const std::int32_t* tar
 // Σ over the layers of the load-balancing loss of the last model_forward (0 without MoE).
 double moe_aux(const Activations& acts);
 
+// One layer's mixture-of-experts feed-forward, the pieces model_forward and model_backward call
+// (exposed as the spec of the GPU path's tests). moe_forward: y (N, C) = Σ_selected w_e·FFN_e(x) +
+// Σ_s FFN_shared_s(x) over x (N, C), filling a's MoE buffers (a.moe_aux included) and using acts'
+// MoE scratch; `capacity` applies moe.capacity_factor. moe_backward: dx (N, C) overwritten with the
+// gradient of x from dy (N, C); the weight gradients accumulate into g; aux_scale is the aux loss's
+// coefficient in the differentiated objective (loss_scale · moe.aux_loss).
+void moe_forward(float* y, LayerActs& a, Activations& acts, const float* x, const LayerWeights& w,
+                 const ModelConfig& c, std::int64_t N, bool capacity);
+void moe_backward(float* dx, const LayerWeights& g, Activations& acts, const LayerActs& a, const float* dy,
+                  const float* x, const LayerWeights& w, const ModelConfig& c, std::int64_t N, double aux_scale);
+
 // Adds the gradient of (loss_scale · (mean loss [+ z-loss] [+ aux_loss · moe_aux])) to grads (an
 // arena with the model's layout), using the activations of the last model_forward + model_loss on
 // the same ids, with that forward's dropout masks (acts.pass). Overwrites acts.logits.
