@@ -76,14 +76,18 @@ void run(const GenerateArgs& a) {
   if (a.device != "auto" && a.device != "cpu" && a.device != "cuda")
     fail("--device must be auto, cpu or cuda, got \"", a.device, "\"");
   if (a.precision != "bf16" && a.precision != "fp32") fail("--precision must be bf16 or fp32, got \"", a.precision, "\"");
-  const bool gpu = a.device == "cuda" || (a.device == "auto" && cuda_device_count() > 0);
-  if (gpu && cuda_device_count() == 0)
+  if (a.device == "cuda" && cuda_device_count() == 0)
     fail("--device cuda: ", cuda_compiled() ? "no GPU is visible to this machine" : "this build has no CUDA");
   const bool batch = !a.batch_file.empty();
   const std::string dir = resolve_checkpoint(a.checkpoint);
   Model model(read_checkpoint_model_config(dir));
   load_checkpoint_weights(dir, model);
   const ModelConfig& c = model.config;
+  // The GPU generates the CS336 architecture only so far: --device auto runs a variant on the CPU
+  // (which has all of them, with its KV cache); --device cuda asks the GPU, which names what it lacks.
+  const bool gpu = a.device == "cuda" || (a.device == "auto" && cuda_device_count() > 0 && c.is_default_architecture());
+  if (a.device == "auto" && cuda_device_count() > 0 && !gpu)
+    std::fprintf(stderr, "generate: the GPU has the CS336 architecture only so far; this model's variant runs on the CPU\n");
   Tokenizer tok(load_tokenizer_dir(a.tokenizer));
   if (tok.vocab_size() > c.vocab_size)
     fail(a.tokenizer, ": the tokenizer has ", tok.vocab_size(), " tokens but the model only ", c.vocab_size,
