@@ -4,9 +4,17 @@
 // the warpgroup's wgmma.wait_group returns, so callers fence them (fence_operands) around the wait.
 #pragma once
 
+#ifndef SCRATCHLM_WGMMA_TU
+#error "define SCRATCHLM_WGMMA_TU (a namespace name for this file's copy of the wgmma kernels) before including"
+#endif
+
 #include <cstdint>
 
-namespace wgmma_lab {
+namespace scratchlm::wgmma {
+// SCRATCHLM_WGMMA_TU names an inline namespace per including file (the library's attention_wgmma.cu:
+// lib, the lab: lab), so that the two instantiate distinct kernels and watchdog report pointers:
+// nothing is defined twice at link time, and each launches its own module's kernels.
+inline namespace SCRATCHLM_WGMMA_TU {
 
 template <int N, int kTransA, int kTransB>
 struct WgmmaSS;
@@ -279,4 +287,5 @@ struct WgmmaRS<256, kTransB> {
   }
 };
 
-}  // namespace wgmma_lab
+}  // namespace SCRATCHLM_WGMMA_TU
+}  // namespace scratchlm::wgmma
