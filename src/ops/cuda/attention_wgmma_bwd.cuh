@@ -75,14 +75,14 @@ enum BwdWaitTag : int {
 
 // ---- stats: lse2 and delta -------------------------------------------------------------------------
 
-// grid (Tp / 32, B·H), block 256: 32 rows, 8 lanes per row, each lane D/8 contiguous columns
+// grid (B·H, Tp / 32), block 256: 32 rows, 8 lanes per row, each lane D/8 contiguous columns
 // (16-byte loads), summed in order and then over the 8 lanes by a fixed butterfly.
 template <int D>
 __global__ void __launch_bounds__(256) bwd_stats_kernel(float* __restrict__ lse2, float* __restrict__ delta,
                                                         const bf16* __restrict__ out, const bf16* __restrict__ dout,
                                                         const float* __restrict__ lse, int T, int Tp, int H) {
-  const int bh = blockIdx.y, b = bh / H, h = bh % H;
-  const int row = blockIdx.x * 32 + threadIdx.x / 8, lane8 = threadIdx.x % 8;
+  const int bh = blockIdx.x, b = bh / H, h = bh % H;
+  const int row = blockIdx.y * 32 + threadIdx.x / 8, lane8 = threadIdx.x % 8;
   constexpr int kPer = D / 8;   // columns per lane: 8 or 16
   float acc = 0.f;
   if (row < T) {
@@ -484,8 +484,9 @@ void attention_backward_wgmma(bf16* dqkv, float* scratch, const bf16* dout, cons
   static_assert(KCfg::D == QCfg::D && KCfg::kCausal == QCfg::kCausal);
   constexpr int D = KCfg::D;
   if (B <= 0 || T <= 0 || H <= 0) throw CudaError("attention_backward_wgmma: empty shape");
-  const long long blocks = (T + 127) / 128;
-  if (blocks > 65535 || static_cast<long long>(B) * H > 65535LL * 32768LL)
+  // grid.x = B·H (< 2^31) for all three kernels; grid.y = query or key blocks, and Tp / 32 rows of
+  // the stats kernel (≤ 65535).
+  if (static_cast<long long>(B) * H > 2147483647LL || bwd_padded_T(T) / 32 > 65535)
     throw CudaError("attention_backward_wgmma: grid too large");
   if (reinterpret_cast<std::uintptr_t>(dqkv) % 4 != 0 || reinterpret_cast<std::uintptr_t>(out) % 16 != 0 ||
       reinterpret_cast<std::uintptr_t>(dout) % 16 != 0 || reinterpret_cast<std::uintptr_t>(scratch) % 16 != 0)
@@ -496,7 +497,7 @@ void attention_backward_wgmma(bf16* dqkv, float* scratch, const bf16* dout, cons
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   const std::uint64_t C = static_cast<std::uint64_t>(H) * D;
 
-  bwd_stats_kernel<D><<<dim3(static_cast<unsigned>(Tp / 32), static_cast<unsigned>(B * H)), 256, 0, stream>>>(
+  bwd_stats_kernel<D><<<dim3(static_cast<unsigned>(B * H), static_cast<unsigned>(Tp / 32)), 256, 0, stream>>>(
       lse2, delta, out, dout, lse, T, Tp, H);
   LAB_CUDA(cudaGetLastError());
 
