@@ -1057,21 +1057,24 @@ struct BwdVariant {
               int T, int H, bool causal, cudaStream_t stream);
 };
 
-template <int D, int kDkdvM, int kDqN>
+template <int D, int kDkdvM, int kDqN, int kDqWG = 2, int kStages = 2>
 void run_bwd_variant(bf16* dqkv, float* scratch, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse,
                      int B, int T, int H, bool causal, cudaStream_t stream) {
   if (causal)
-    attention_backward_wgmma<DkdvConfig<D, kDkdvM, 2, true>, DqConfig<D, kDqN, 2, true>>(dqkv, scratch, dout, qkv, out,
-                                                                                          lse, B, T, H, stream);
+    attention_backward_wgmma<DkdvConfig<D, kDkdvM, kStages, true>, DqConfig<D, kDqN, kStages, true, kDqWG>>(
+        dqkv, scratch, dout, qkv, out, lse, B, T, H, stream);
   else
-    attention_backward_wgmma<DkdvConfig<D, kDkdvM, 2, false>, DqConfig<D, kDqN, 2, false>>(dqkv, scratch, dout, qkv,
-                                                                                            out, lse, B, T, H, stream);
+    attention_backward_wgmma<DkdvConfig<D, kDkdvM, kStages, false>, DqConfig<D, kDqN, kStages, false, kDqWG>>(
+        dqkv, scratch, dout, qkv, out, lse, B, T, H, stream);
 }
 
-// name: d<D>_m<query tile of the dK/dV kernel>_n<key tile of the dQ kernel>
+// name: d<D>_m<query tile of the dK/dV kernel>_n<key tile of the dQ kernel>[_q3: 3 dQ consumer
+// warpgroups (192 rows)][_s3: rings of 3 stages]
 const BwdVariant kBwdVariants[] = {
     {"d64_m64_n128", 64, run_bwd_variant<64, 64, 128>},
     {"d64_m64_n64", 64, run_bwd_variant<64, 64, 64>},
+    {"d64_m64_n64_q3", 64, run_bwd_variant<64, 64, 64, 3>},
+    {"d64_m64_n128_s3", 64, run_bwd_variant<64, 64, 128, 2, 3>},
     {"d128_m64_n64", 128, run_bwd_variant<128, 64, 64>},
 };
 

@@ -69,7 +69,7 @@ if has time; then
   echo "[time] rc=$rc"
 fi
 if has bwd; then
-  for v in d64_m64_n128 d64_m64_n64 d128_m64_n64; do
+  for v in d64_m64_n128 d64_m64_n64 d64_m64_n64_q3 d64_m64_n128_s3 d128_m64_n64; do
     run "bwd_$v" 420 bwd --variant "$v"
   done
   # A sample of what PASS looks like (errors of ours and of the mma kernel, per gradient).

@@ -271,43 +271,63 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     std::uint32_t pf[kSN / 2], dsf[kSN / 2];
 
     mbar_wait(sm.bar_kv(), 0, kTagDkdvKV);
-    for (int it = 0; it < n_tiles; ++it) {
+    // The products of tile it, in two halves. scores: Sᵀ = K Qᵀ and dPᵀ = V dOᵀ issued (two commit
+    // groups). grads: with those two the newest pending groups, P, dV += Pᵀ dO, dS, dK += dSᵀ Q;
+    // returns with dV and dK issued and possibly running (the caller waits).
+    auto scores = [&](int it) {
+      const int s = it % kStages;
+      mbar_wait(sm.full(s), (it / kStages) & 1, kTagDkdvFull + it);
+      issue_qk<D, kBlockM>(st, sm.k(), Cfg::kBlockK, 64 * c, sm.q(s));    // Sᵀ = K Qᵀ
+      issue_qk<D, kBlockM>(dpt, sm.v(), Cfg::kBlockK, 64 * c, sm.dO(s));  // dPᵀ = V dOᵀ
+    };
+    auto grads = [&](int it) {
       const int s = it % kStages;
       const int m0 = (m_first + it) * kBlockM;
-      mbar_wait(sm.full(s), (it / kStages) & 1, kTagDkdvFull + it);
+      wgmma_wait<1>();   // Sᵀ done (dPᵀ may still run)
+      fence_operands(st);
+      // Pᵀ = exp2(Sᵀ·scale·log2 e − lse2(query)); element i: key key0 + 8·((i % 4) / 2), query
+      // m0 + acc_col(i, t). Queries ≥ T have lse2 = +inf: P = 0 with no mask.
+      const float* lt2 = sm.l_ptr(s);
+      const bool need_mask = Cfg::kCausal && m0 < wk0 + 63;
+#pragma unroll
+      for (int i = 0; i < kSN; ++i) {
+        const int qc = acc_col(i, t);
+        float p = fast_exp2(fmaf(st[i], scale_log2, -lt2[qc]));
+        if (need_mask && m0 + qc < key0 + 8 * ((i % 4) / 2)) p = 0.f;
+        st[i] = p;
+      }
+      acc_to_bf16_afrags<kSN>(pf, st);
+      issue_pv<D, kBlockM>(dv, pf, sm.dO(s), mnmajor_lbo<D>(kBlockM), mnmajor_sbo<D>());   // dV += Pᵀ dO
+      wgmma_wait<1>();   // dPᵀ done (dV may still run)
+      fence_operands(dpt);
+      const float* dlt = sm.dl_ptr(s);
+#pragma unroll
+      for (int i = 0; i < kSN; ++i) dpt[i] = st[i] * (dpt[i] - dlt[acc_col(i, t)]);   // dSᵀ
+      acc_to_bf16_afrags<kSN>(dsf, dpt);
+      issue_pv<D, kBlockM>(dk, dsf, sm.q(s), mnmajor_lbo<D>(kBlockM), mnmajor_sbo<D>());   // dK += dSᵀ Q
+    };
+    auto finish = [&] {   // after the wait that covers dV and dK
+      fence_operands(dv);
+      fence_operands(dk);
+      fence_operands(pf);
+      fence_operands(dsf);
+    };
+    // (An overlap across tiles — tile it + 1's scores issued before the wait for tile it's dV and
+    // dK, so that a wgmma group stays pending over the loop's back edge — made ptxas serialize every
+    // wgmma of the kernel: C7514, "non wgmma instructions reading accumulator registers of a wgmma
+    // between start and end of the pipeline stage"; its pipeline stages end at a wait_group 0.)
+    for (int it = 0; it < n_tiles; ++it) {
+      const int m0 = (m_first + it) * kBlockM;
       // Warp-group uniform: some query of the tile sees some key of this warpgroup.
       if (!Cfg::kCausal || m0 + kBlockM - 1 >= wk0) {
-        issue_qk<D, kBlockM>(st, sm.k(), Cfg::kBlockK, 64 * c, sm.q(s));    // Sᵀ = K Qᵀ
-        issue_qk<D, kBlockM>(dpt, sm.v(), Cfg::kBlockK, 64 * c, sm.dO(s));  // dPᵀ = V dOᵀ
-        wgmma_wait<1>();
-        fence_operands(st);
-        // Pᵀ = exp2(Sᵀ·scale·log2 e − lse2(query)); element i: key key0 + 8·((i % 4) / 2), query
-        // m0 + acc_col(i, t). Queries ≥ T have lse2 = +inf: P = 0 with no mask.
-        const float* lt2 = sm.l_ptr(s);
-        const bool need_mask = Cfg::kCausal && m0 < wk0 + 63;
-#pragma unroll
-        for (int i = 0; i < kSN; ++i) {
-          const int qc = acc_col(i, t);
-          float p = fast_exp2(fmaf(st[i], scale_log2, -lt2[qc]));
-          if (need_mask && m0 + qc < key0 + 8 * ((i % 4) / 2)) p = 0.f;
-          st[i] = p;
-        }
-        acc_to_bf16_afrags<kSN>(pf, st);
-        issue_pv<D, kBlockM>(dv, pf, sm.dO(s), mnmajor_lbo<D>(kBlockM), mnmajor_sbo<D>());   // dV += Pᵀ dO
-        wgmma_wait<1>();   // dPᵀ done (dV may still run)
-        fence_operands(dpt);
-        const float* dlt = sm.dl_ptr(s);
-#pragma unroll
-        for (int i = 0; i < kSN; ++i) dpt[i] = st[i] * (dpt[i] - dlt[acc_col(i, t)]);   // dSᵀ
-        acc_to_bf16_afrags<kSN>(dsf, dpt);
-        issue_pv<D, kBlockM>(dk, dsf, sm.q(s), mnmajor_lbo<D>(kBlockM), mnmajor_sbo<D>());   // dK += dSᵀ Q
+        scores(it);
+        grads(it);
         wgmma_wait<0>();
-        fence_operands(dv);
-        fence_operands(dk);
-        fence_operands(pf);
-        fence_operands(dsf);
+        finish();
+      } else {
+        mbar_wait(sm.full(it % kStages), (it / kStages) & 1, kTagDkdvFull + it);
       }
-      release(sm.empty(s));
+      release(sm.empty(it % kStages));
     }
     // dK = scale · Σ dSᵀ Q, dV = Σ Pᵀ dO: key rows < T, into the k and v columns of dqkv.
     store_acc_rows<D>(dqkv, 3 * static_cast<std::int64_t>(C), b, T, wk0, C + h * D, dk, scale, warp, g, t);
@@ -317,16 +337,18 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 
 // ---- dQ ------------------------------------------------------------------------------------------------
 
-template <int D_, int kBlockN_, int kStages_, bool kCausal_>
+template <int D_, int kBlockN_, int kStages_, bool kCausal_, int kWG_ = 2>
 struct DqConfig {
   static constexpr int D = D_;
-  static constexpr int kWG = 2;                    // consumer warpgroups, 64 queries each
+  static constexpr int kWG = kWG_;                 // consumer warpgroups, 64 queries each
   static constexpr int kBlockM = 64 * kWG;         // queries per block
   static constexpr int kBlockN = kBlockN_;         // keys per ring tile
   static constexpr int kStages = kStages_;
   static constexpr bool kCausal = kCausal_;
   static constexpr int kThreads = 128 * (kWG + 1);
-  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  // The forward's budgets: 128·24 + 256·240 and 128·32 + 384·160 registers.
+  static constexpr int kProducerRegs = kWG == 2 ? 24 : 32;
+  static constexpr int kConsumerRegs = kWG == 2 ? 240 : 160;
   using Tile = HeadTile<D>;
   static constexpr int kQBytes = Tile::bytes(kBlockM);
   static constexpr int kKVBytes = Tile::bytes(kBlockN);
@@ -342,6 +364,7 @@ struct DqConfig {
   static constexpr int kSmemBytes = 1024 + kBarOff + 8 * kNumBars;
   static_assert(D == 64 || D == 128, "head dims 64, 128");
   static_assert(kBlockN == 64 || kBlockN == 128, "key tiles of 64 or 128 rows");
+  static_assert(kWG == 2 || kWG == 3, "2 or 3 consumer warpgroups");
   static_assert(kStatPad % kBlockM == 0 && kQBytes % 1024 == 0 && kKVBytes % 1024 == 0);
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block");
 };
