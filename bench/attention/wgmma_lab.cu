@@ -393,6 +393,10 @@ int stage_gemm() {
   run("chain D=64", [] { return test_chain<64, 128>(31); });
   run("chain D=128", [] { return test_chain<128, 128>(32); });
   run("chain D=32", [] { return test_chain<32, 128>(33); });
+  // The backward's chains at 64-row tiles: an accumulator of N = 64 packed into A fragments for a
+  // product with a 64-row MN-major B (dSᵀ Q, Pᵀ dO of the dK/dV kernel; dS K of dQ at D = 128).
+  run("chain D=64 N=64", [] { return test_chain<64, 64>(34); });
+  run("chain D=128 N=64", [] { return test_chain<128, 64>(35); });
   std::printf("STAGE gemm SUMMARY %d pass, %d fail\n", tally.pass, tally.fail);
   // Probes (informative, not counted): the other reading of LBO/SBO for the MN-major operand, so a
   // failure of "pv D=128" says at once whether the two offsets are swapped.

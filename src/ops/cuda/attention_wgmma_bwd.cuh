@@ -202,6 +202,42 @@ struct DkdvSmem {
 template <class Cfg>
 __host__ __device__ inline int dkdv_first_tile(int k0) { return Cfg::kCausal ? k0 / Cfg::kBlockM : 0; }
 
+// The dK/dV kernel's producer (one thread): K and V of the key block onto bar_kv, then for each
+// query tile it (from m_first) Q, dO and the lse2/delta rows onto full[it % kStages], waiting for
+// the slot's release from the second round on.
+template <class Cfg>
+__device__ __forceinline__ void dkdv_produce(const DkdvSmem<Cfg>& sm, const CUtensorMap* tmap_q, const CUtensorMap* tmap_kv,
+                                             const CUtensorMap* tmap_do, const float* lse2, const float* delta, int b,
+                                             int h, int C, int bh, int k0, int Tp, int m_first, int n_tiles) {
+  constexpr int D = Cfg::D, kBlockM = Cfg::kBlockM, kStages = Cfg::kStages;
+  using G = typename Cfg::Tile;
+  tma_prefetch_map(tmap_q);
+  tma_prefetch_map(tmap_kv);
+  tma_prefetch_map(tmap_do);
+  mbar_arrive_expect_tx(sm.bar_kv(), 2 * Cfg::kKVBytes);
+#pragma unroll
+  for (int sub = 0; sub < G::kSubs; ++sub) {
+    tma_load_3d(sm.k() + sub * G::sub_bytes(Cfg::kBlockK), tmap_kv, sm.bar_kv(), C + h * D + sub * G::kSubCols, k0, b);
+    tma_load_3d(sm.v() + sub * G::sub_bytes(Cfg::kBlockK), tmap_kv, sm.bar_kv(), 2 * C + h * D + sub * G::kSubCols,
+                k0, b);
+  }
+  const float* l_row = lse2 + static_cast<std::int64_t>(bh) * Tp;
+  const float* d_row = delta + static_cast<std::int64_t>(bh) * Tp;
+  for (int it = 0; it < n_tiles; ++it) {
+    const int s = it % kStages, round = it / kStages;
+    if (round > 0) mbar_wait(sm.empty(s), (round - 1) & 1, kTagDkdvEmpty + it);
+    mbar_arrive_expect_tx(sm.full(s), Cfg::kTxBytes);
+    const int m0 = (m_first + it) * kBlockM;
+#pragma unroll
+    for (int sub = 0; sub < G::kSubs; ++sub) {
+      tma_load_3d(sm.q(s) + sub * G::sub_bytes(kBlockM), tmap_q, sm.full(s), h * D + sub * G::kSubCols, m0, b);
+      tma_load_3d(sm.dO(s) + sub * G::sub_bytes(kBlockM), tmap_do, sm.full(s), h * D + sub * G::kSubCols, m0, b);
+    }
+    bulk_load(sm.l(s), l_row + m0, Cfg::kStatBytes, sm.full(s));
+    bulk_load(sm.dl(s), d_row + m0, Cfg::kStatBytes, sm.full(s));
+  }
+}
+
 // grid (B·H, ceil(T / kBlockK)): key block blockIdx.y (causal: block 0 has the most tiles and starts
 // first). tmap_q: box (kSubCols, kBlockM) over qkv; tmap_kv: box (kSubCols, kBlockK) over qkv;
 // tmap_do: box (kSubCols, kBlockM) over dout (B, T, C).
@@ -228,33 +264,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   const int wg = threadIdx.x / 128;
   if (wg == 0) {
     setmaxnreg_dec<Cfg::kProducerRegs>();
-    if (threadIdx.x == 0) {
-      tma_prefetch_map(&tmap_q);
-      tma_prefetch_map(&tmap_kv);
-      tma_prefetch_map(&tmap_do);
-      mbar_arrive_expect_tx(sm.bar_kv(), 2 * Cfg::kKVBytes);
-#pragma unroll
-      for (int sub = 0; sub < G::kSubs; ++sub) {
-        tma_load_3d(sm.k() + sub * G::sub_bytes(Cfg::kBlockK), &tmap_kv, sm.bar_kv(), C + h * D + sub * G::kSubCols, k0, b);
-        tma_load_3d(sm.v() + sub * G::sub_bytes(Cfg::kBlockK), &tmap_kv, sm.bar_kv(), 2 * C + h * D + sub * G::kSubCols,
-                    k0, b);
-      }
-      const float* l_row = lse2 + static_cast<std::int64_t>(bh) * Tp;
-      const float* d_row = delta + static_cast<std::int64_t>(bh) * Tp;
-      for (int it = 0; it < n_tiles; ++it) {
-        const int s = it % kStages, round = it / kStages;
-        if (round > 0) mbar_wait(sm.empty(s), (round - 1) & 1, kTagDkdvEmpty + it);
-        mbar_arrive_expect_tx(sm.full(s), Cfg::kTxBytes);
-        const int m0 = (m_first + it) * kBlockM;
-#pragma unroll
-        for (int sub = 0; sub < G::kSubs; ++sub) {
-          tma_load_3d(sm.q(s) + sub * G::sub_bytes(kBlockM), &tmap_q, sm.full(s), h * D + sub * G::kSubCols, m0, b);
-          tma_load_3d(sm.dO(s) + sub * G::sub_bytes(kBlockM), &tmap_do, sm.full(s), h * D + sub * G::kSubCols, m0, b);
-        }
-        bulk_load(sm.l(s), l_row + m0, Cfg::kStatBytes, sm.full(s));
-        bulk_load(sm.dl(s), d_row + m0, Cfg::kStatBytes, sm.full(s));
-      }
-    }
+    if (threadIdx.x == 0) dkdv_produce<Cfg>(sm, &tmap_q, &tmap_kv, &tmap_do, lse2, delta, b, h, C, bh, k0, Tp, m_first, n_tiles);
   } else {
     setmaxnreg_inc<Cfg::kConsumerRegs>();
     const int c = wg - 1;
@@ -388,6 +398,39 @@ struct DqSmem {
   __device__ std::uint32_t empty(int s) const { return base + Cfg::kBarOff + 8 * (1 + Cfg::kStages + s); }
 };
 
+// The dQ kernel's producer (one thread): Q, dO and the lse2/delta rows of the query block onto
+// bar_q, then K and V of key tile it (from the last tile down) onto full[it % kStages].
+template <class Cfg>
+__device__ __forceinline__ void dq_produce(const DqSmem<Cfg>& sm, const CUtensorMap* tmap_q, const CUtensorMap* tmap_kv,
+                                           const CUtensorMap* tmap_do, const float* lse2, const float* delta, int b, int h,
+                                           int C, int bh, int q0, int Tp, int n_tiles) {
+  constexpr int D = Cfg::D, kBlockN = Cfg::kBlockN, kStages = Cfg::kStages;
+  using G = typename Cfg::Tile;
+  tma_prefetch_map(tmap_q);
+  tma_prefetch_map(tmap_kv);
+  tma_prefetch_map(tmap_do);
+  mbar_arrive_expect_tx(sm.bar_q(), 2 * Cfg::kQBytes + 2 * Cfg::kStatBytes);
+#pragma unroll
+  for (int sub = 0; sub < G::kSubs; ++sub) {
+    tma_load_3d(sm.q() + sub * G::sub_bytes(Cfg::kBlockM), tmap_q, sm.bar_q(), h * D + sub * G::kSubCols, q0, b);
+    tma_load_3d(sm.dO() + sub * G::sub_bytes(Cfg::kBlockM), tmap_do, sm.bar_q(), h * D + sub * G::kSubCols, q0, b);
+  }
+  bulk_load(sm.l(), lse2 + static_cast<std::int64_t>(bh) * Tp + q0, Cfg::kStatBytes, sm.bar_q());
+  bulk_load(sm.dl(), delta + static_cast<std::int64_t>(bh) * Tp + q0, Cfg::kStatBytes, sm.bar_q());
+  for (int it = 0; it < n_tiles; ++it) {
+    const int s = it % kStages, round = it / kStages;
+    if (round > 0) mbar_wait(sm.empty(s), (round - 1) & 1, kTagDqEmpty + it);
+    mbar_arrive_expect_tx(sm.full(s), 2 * Cfg::kKVBytes);
+    const int n0 = (n_tiles - 1 - it) * kBlockN;
+#pragma unroll
+    for (int sub = 0; sub < G::kSubs; ++sub) {
+      tma_load_3d(sm.k(s) + sub * G::sub_bytes(kBlockN), tmap_kv, sm.full(s), C + h * D + sub * G::kSubCols, n0, b);
+      tma_load_3d(sm.v(s) + sub * G::sub_bytes(kBlockN), tmap_kv, sm.full(s), 2 * C + h * D + sub * G::kSubCols, n0,
+                  b);
+    }
+  }
+}
+
 // grid (B·H, ceil(T / kBlockM)), query blocks in reverse blockIdx.y order (longest causal rows
 // first). Key tile it (visiting order) starts at key (n_tiles − 1 − it)·kBlockN: the diagonal
 // tiles (masked) first, as in the forward. tmap_q, tmap_do: box (kSubCols, kBlockM); tmap_kv: box
@@ -414,31 +457,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   const int wg = threadIdx.x / 128;
   if (wg == 0) {
     setmaxnreg_dec<Cfg::kProducerRegs>();
-    if (threadIdx.x == 0) {
-      tma_prefetch_map(&tmap_q);
-      tma_prefetch_map(&tmap_kv);
-      tma_prefetch_map(&tmap_do);
-      mbar_arrive_expect_tx(sm.bar_q(), 2 * Cfg::kQBytes + 2 * Cfg::kStatBytes);
-#pragma unroll
-      for (int sub = 0; sub < G::kSubs; ++sub) {
-        tma_load_3d(sm.q() + sub * G::sub_bytes(Cfg::kBlockM), &tmap_q, sm.bar_q(), h * D + sub * G::kSubCols, q0, b);
-        tma_load_3d(sm.dO() + sub * G::sub_bytes(Cfg::kBlockM), &tmap_do, sm.bar_q(), h * D + sub * G::kSubCols, q0, b);
-      }
-      bulk_load(sm.l(), lse2 + static_cast<std::int64_t>(bh) * Tp + q0, Cfg::kStatBytes, sm.bar_q());
-      bulk_load(sm.dl(), delta + static_cast<std::int64_t>(bh) * Tp + q0, Cfg::kStatBytes, sm.bar_q());
-      for (int it = 0; it < n_tiles; ++it) {
-        const int s = it % kStages, round = it / kStages;
-        if (round > 0) mbar_wait(sm.empty(s), (round - 1) & 1, kTagDqEmpty + it);
-        mbar_arrive_expect_tx(sm.full(s), 2 * Cfg::kKVBytes);
-        const int n0 = (n_tiles - 1 - it) * kBlockN;
-#pragma unroll
-        for (int sub = 0; sub < G::kSubs; ++sub) {
-          tma_load_3d(sm.k(s) + sub * G::sub_bytes(kBlockN), &tmap_kv, sm.full(s), C + h * D + sub * G::kSubCols, n0, b);
-          tma_load_3d(sm.v(s) + sub * G::sub_bytes(kBlockN), &tmap_kv, sm.full(s), 2 * C + h * D + sub * G::kSubCols, n0,
-                      b);
-        }
-      }
-    }
+    if (threadIdx.x == 0) dq_produce<Cfg>(sm, &tmap_q, &tmap_kv, &tmap_do, lse2, delta, b, h, C, bh, q0, Tp, n_tiles);
   } else {
     setmaxnreg_inc<Cfg::kConsumerRegs>();
     const int c = wg - 1;
