@@ -8,6 +8,7 @@
 //   wgmma_lab pipe                 stage 2b: the forward's producer/consumer rings, checksummed
 //   wgmma_lab fwd    [--variant NAME] [--debug]   stage 3: forward vs CPU fp64 and attention_forward_mma_sync
 //   wgmma_lab time   [--variant NAME]             stage 4: forward timing vs attention_forward_mma_sync
+//   wgmma_lab bpipe  [--debug]     stage 5a: the backward's producer/consumer rings, checksummed
 //   wgmma_lab bwd    [--variant NAME] [--debug]   stage 5: backward vs CPU fp64 and attention_backward_mma
 //   wgmma_lab btime  [--variant NAME]             stage 6: backward and forward + backward timing
 // --debug prints the first wrong elements with their indices (and, for the GEMM stage, where the
@@ -1052,6 +1053,269 @@ int stage_time(const std::string& only) {
   return failures == 0 ? 0 : 1;
 }
 
+// ---- stage 5a: the backward's rings with checksum consumers ------------------------------------------
+// The backward kernels' configurations, shared-memory layouts, barrier protocols and producers
+// (dkdv_produce, dq_produce), with consumers that sum (in double, exactly) what they receive,
+// weighted by (row % 7) + 1, and the lse2/delta rows of each tile: catches lost, repeated,
+// misplaced or stale tiles, non-zero rows past T and wrong stat rows. Both consumer warpgroups wait
+// and release every tile (the empty barriers count 8 arrivals); warpgroup 0 (threads < D) sums.
+// sums per block: [resident tile 1 (D) | resident tile 2 (D) | ring tile 1 (D) | ring tile 2 (D) |
+// Σ w·lse2 over finite rows, count of +inf rows, Σ w·delta] = 4·D + 3 doubles.
+template <class Cfg, class Smem>
+__device__ double tile_sum(const Smem& sm, std::uint32_t tile, int rows, int row0, int col) {
+  using G = typename Cfg::Tile;
+  double acc = 0;
+  for (int r = 0; r < rows; ++r) {
+    const bf16 v = *reinterpret_cast<const bf16*>(sm.gbase + (tile - sm.base) + G::offset(rows, r, col));
+    acc += static_cast<double>(__bfloat162float(v)) * ((row0 + r) % 7 + 1);
+  }
+  return acc;
+}
+
+__device__ void stat_sums(const float* l, const float* d, int rows, int row0, double* out) {
+  double ls = 0, inf = 0, ds = 0;
+  for (int r = 0; r < rows; ++r) {
+    const double w = (row0 + r) % 7 + 1;
+    if (isinf(l[r])) inf += 1;
+    else ls += w * l[r];
+    ds += w * d[r];
+  }
+  out[0] += ls, out[1] += inf, out[2] += ds;
+}
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, 1)
+    bpipe_dkdv_kernel(const __grid_constant__ CUtensorMap tmap_q, const __grid_constant__ CUtensorMap tmap_kv,
+                      const __grid_constant__ CUtensorMap tmap_do, const float* lse2, const float* delta, double* sums,
+                      int T, int H) {
+  constexpr int D = Cfg::D, kBlockM = Cfg::kBlockM, kStages = Cfg::kStages;
+  extern __shared__ unsigned char smem_raw[];
+  const DkdvSmem<Cfg> sm(smem_raw);
+  const int bh = blockIdx.x, b = bh / H, h = bh % H, C = H * D;
+  const int k0 = blockIdx.y * Cfg::kBlockK, Tp = bwd_padded_T(T);
+  const int m_first = dkdv_first_tile<Cfg>(k0);
+  const int n_tiles = (T + kBlockM - 1) / kBlockM - m_first;
+  bwd_init_barriers<kStages, Cfg::kWG>(sm.bar_kv());
+  const int wg = threadIdx.x / 128;
+  if (wg == 0) {
+    setmaxnreg_dec<Cfg::kProducerRegs>();
+    if (threadIdx.x == 0) dkdv_produce<Cfg>(sm, &tmap_q, &tmap_kv, &tmap_do, lse2, delta, b, h, C, bh, k0, Tp, m_first, n_tiles);
+  } else {
+    setmaxnreg_inc<Cfg::kConsumerRegs>();
+    const int c = wg - 1, lt = threadIdx.x % 128;
+    double* out = sums + (static_cast<std::int64_t>(bh) * gridDim.y + blockIdx.y) * (4 * D + 3);
+    mbar_wait(sm.bar_kv(), 0, kTagDkdvKV);
+    double acc_q = 0, acc_do = 0, st[3] = {0, 0, 0};
+    if (c == 0 && lt < D) {
+      out[lt] = tile_sum<Cfg>(sm, sm.k(), Cfg::kBlockK, k0, lt);
+      out[D + lt] = tile_sum<Cfg>(sm, sm.v(), Cfg::kBlockK, k0, lt);
+    }
+    for (int it = 0; it < n_tiles; ++it) {
+      const int s = it % kStages, m0 = (m_first + it) * kBlockM;
+      mbar_wait(sm.full(s), (it / kStages) & 1, kTagDkdvFull + it);
+      if (c == 0 && lt < D) {
+        acc_q += tile_sum<Cfg>(sm, sm.q(s), kBlockM, m0, lt);
+        acc_do += tile_sum<Cfg>(sm, sm.dO(s), kBlockM, m0, lt);
+      }
+      if (c == 0 && lt == 0) stat_sums(sm.l_ptr(s), sm.dl_ptr(s), kBlockM, m0, st);
+      release(sm.empty(s));
+    }
+    if (c == 0 && lt < D) {
+      out[2 * D + lt] = acc_q;
+      out[3 * D + lt] = acc_do;
+    }
+    if (c == 0 && lt == 0)
+      for (int i = 0; i < 3; ++i) out[4 * D + i] = st[i];
+  }
+}
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, 1)
+    bpipe_dq_kernel(const __grid_constant__ CUtensorMap tmap_q, const __grid_constant__ CUtensorMap tmap_kv,
+                    const __grid_constant__ CUtensorMap tmap_do, const float* lse2, const float* delta, double* sums, int T,
+                    int H) {
+  constexpr int D = Cfg::D, kBlockN = Cfg::kBlockN, kStages = Cfg::kStages;
+  extern __shared__ unsigned char smem_raw[];
+  const DqSmem<Cfg> sm(smem_raw);
+  const int bh = blockIdx.x, b = bh / H, h = bh % H, C = H * D;
+  const int mb = gridDim.y - 1 - blockIdx.y;
+  const int q0 = mb * Cfg::kBlockM, Tp = bwd_padded_T(T);
+  const int n_tiles = fwd_key_tiles<Cfg>(q0, T);
+  bwd_init_barriers<kStages, Cfg::kWG>(sm.bar_q());
+  const int wg = threadIdx.x / 128;
+  if (wg == 0) {
+    setmaxnreg_dec<Cfg::kProducerRegs>();
+    if (threadIdx.x == 0) dq_produce<Cfg>(sm, &tmap_q, &tmap_kv, &tmap_do, lse2, delta, b, h, C, bh, q0, Tp, n_tiles);
+  } else {
+    setmaxnreg_inc<Cfg::kConsumerRegs>();
+    const int c = wg - 1, lt = threadIdx.x % 128;
+    double* out = sums + (static_cast<std::int64_t>(bh) * gridDim.y + mb) * (4 * D + 3);
+    mbar_wait(sm.bar_q(), 0, kTagDqQ);
+    if (c == 0 && lt < D) {
+      out[lt] = tile_sum<Cfg>(sm, sm.q(), Cfg::kBlockM, q0, lt);
+      out[D + lt] = tile_sum<Cfg>(sm, sm.dO(), Cfg::kBlockM, q0, lt);
+    }
+    if (c == 0 && lt == 0) {
+      double st[3] = {0, 0, 0};
+      stat_sums(sm.l_ptr(), sm.dl_ptr(), Cfg::kBlockM, q0, st);
+      for (int i = 0; i < 3; ++i) out[4 * D + i] = st[i];
+    }
+    double acc_k = 0, acc_v = 0;
+    for (int it = 0; it < n_tiles; ++it) {
+      const int s = it % kStages, n0 = (n_tiles - 1 - it) * kBlockN;
+      mbar_wait(sm.full(s), (it / kStages) & 1, kTagDqFull + it);
+      if (c == 0 && lt < D) {
+        acc_k += tile_sum<Cfg>(sm, sm.k(s), kBlockN, n0, lt);
+        acc_v += tile_sum<Cfg>(sm, sm.v(s), kBlockN, n0, lt);
+      }
+      release(sm.empty(s));
+    }
+    if (c == 0 && lt < D) {
+      out[2 * D + lt] = acc_k;
+      out[3 * D + lt] = acc_v;
+    }
+  }
+}
+
+// Synthetic padded stats for the checksum: lse2 = (r % 11) − 5 + 0.25·bh for r < T, +inf past T;
+// delta = (r % 13) − 6 for r < T, 0 past T (the layout bwd_stats_kernel writes).
+void synthetic_stats(int BH, int T, std::vector<float>& lse2, std::vector<float>& delta) {
+  const int Tp = bwd_padded_T(T);
+  lse2.assign(static_cast<std::size_t>(BH) * Tp, INFINITY);
+  delta.assign(lse2.size(), 0.f);
+  for (int bh = 0; bh < BH; ++bh)
+    for (int r = 0; r < T; ++r) {
+      lse2[static_cast<std::size_t>(bh) * Tp + r] = static_cast<float>(r % 11 - 5) + 0.25f * bh;
+      delta[static_cast<std::size_t>(bh) * Tp + r] = static_cast<float>(r % 13 - 6);
+    }
+}
+
+// dkdv (kDkdv = true): per key block, resident K, V rows [k0, k0 + kBlockK), ring Q, dO rows and
+// stats over the query tiles [m_first·kBlockM, ceil(T / kBlockM)·kBlockM); dq: per query block,
+// resident Q, dO and stats of [q0, q0 + kBlockM), ring K, V over the key tiles it visits.
+template <class Cfg, bool kDkdv>
+bool test_bpipe(int B, int T, int H) {
+  constexpr int D = Cfg::D;
+  const std::int64_t C = static_cast<std::int64_t>(H) * D;
+  auto hqkv = random_bf16(static_cast<std::size_t>(B) * T * 3 * C, 300 + T);
+  auto hdo = random_bf16(static_cast<std::size_t>(B) * T * C, 400 + T);
+  std::vector<float> hl, hd;
+  synthetic_stats(B * H, T, hl, hd);
+  DevBuf<Bf16> qkv(hqkv.size()), dout(hdo.size());
+  DevBuf<float> l2(hl.size()), dl(hd.size());
+  qkv.upload(hqkv);
+  dout.upload(hdo);
+  l2.upload(hl);
+  dl.upload(hd);
+  const int rows_per_block = [] {   // the resident block's rows
+    if constexpr (kDkdv) return Cfg::kBlockK;
+    else return Cfg::kBlockM;
+  }();
+  const int blocks = (T + rows_per_block - 1) / rows_per_block;
+  const std::size_t per = 4 * D + 3, nsum = static_cast<std::size_t>(B) * H * blocks * per;
+  DevBuf<double> sums(nsum);
+  LAB_CUDA(cudaMemset(sums.p, 0xFF, sums.bytes()));
+  const bf16* x = reinterpret_cast<const bf16*>(qkv.p);
+  const bf16* y = reinterpret_cast<const bf16*>(dout.p);
+  const int ring_rows = [] {   // a ring tile's rows
+    if constexpr (kDkdv) return Cfg::kBlockM;
+    else return Cfg::kBlockN;
+  }();
+  const CUtensorMap tq = make_qkv_map<D>(x, B, T, H, Cfg::kBlockM);   // dkdv: ring Q; dq: resident Q
+  const CUtensorMap tkv = make_qkv_map<D>(x, B, T, H, kDkdv ? rows_per_block : ring_rows);
+  const CUtensorMap tdo = make_row_map<D>(y, B, T, static_cast<std::uint64_t>(C), Cfg::kBlockM);
+  auto kernel = [] {
+    if constexpr (kDkdv) return bpipe_dkdv_kernel<Cfg>;
+    else return bpipe_dq_kernel<Cfg>;
+  }();
+  LAB_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
+  kernel<<<dim3(B * H, blocks), Cfg::kThreads, Cfg::kSmemBytes>>>(tq, tkv, tdo, l2.p, dl.p, sums.p, T, H);
+  LAB_CUDA(cudaGetLastError());
+  sync_or_throw(kDkdv ? "bpipe_dkdv_kernel" : "bpipe_dq_kernel");
+  const auto got = sums.download();
+  auto val = [&](int b, int t, int which, int h, int d) {   // which 0..2: q, k, v; 3: dout
+    if (t >= T) return 0.0;
+    if (which == 3) return static_cast<double>(to_float(hdo[(static_cast<std::size_t>(b) * T + t) * C + h * D + d]));
+    return static_cast<double>(to_float(hqkv[(static_cast<std::size_t>(b) * T + t) * 3 * C + which * C + h * D + d]));
+  };
+  const int Tp = bwd_padded_T(T);
+  int bad = 0;
+  double max_diff = 0;
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h)
+      for (int blk = 0; blk < blocks; ++blk) {
+        const int bh = b * H + h, r0 = blk * rows_per_block;
+        // The rows of each slot: resident [r0, r0 + rows_per_block); ring: dkdv's query tiles or dq's key tiles.
+        int ring_lo, ring_hi;
+        if constexpr (kDkdv) {
+          ring_lo = dkdv_first_tile<Cfg>(r0) * Cfg::kBlockM;
+          ring_hi = (T + Cfg::kBlockM - 1) / Cfg::kBlockM * Cfg::kBlockM;
+        } else {
+          ring_lo = 0;
+          ring_hi = fwd_key_tiles<Cfg>(r0, T) * Cfg::kBlockN;
+        }
+        const int st_lo = kDkdv ? ring_lo : r0, st_hi = kDkdv ? ring_hi : r0 + rows_per_block;
+        std::vector<double> want(per, 0.0);
+        for (int d = 0; d < D; ++d) {
+          for (int t = r0; t < r0 + rows_per_block; ++t) {
+            want[d] += val(b, t, kDkdv ? 1 : 0, h, d) * (t % 7 + 1);
+            want[D + d] += val(b, t, kDkdv ? 2 : 3, h, d) * (t % 7 + 1);
+          }
+          for (int t = ring_lo; t < ring_hi; ++t) {
+            want[2 * D + d] += val(b, t, kDkdv ? 0 : 1, h, d) * (t % 7 + 1);
+            want[3 * D + d] += val(b, t, kDkdv ? 3 : 2, h, d) * (t % 7 + 1);
+          }
+        }
+        for (int t = st_lo; t < st_hi; ++t) {
+          const float l = hl[static_cast<std::size_t>(bh) * Tp + t];
+          if (std::isinf(l)) want[4 * D + 1] += 1;
+          else want[4 * D] += (t % 7 + 1) * static_cast<double>(l);
+          want[4 * D + 2] += (t % 7 + 1) * static_cast<double>(hd[static_cast<std::size_t>(bh) * Tp + t]);
+        }
+        const double* g = got.data() + (static_cast<std::size_t>(bh) * blocks + blk) * per;
+        for (std::size_t i = 0; i < per; ++i) {
+          const double diff = std::fabs(g[i] - want[i]);
+          max_diff = std::isfinite(diff) ? std::max(max_diff, diff) : INFINITY;
+          if (!(diff <= 1e-9 * (1 + std::fabs(want[i])))) {
+            if (g_debug && bad < 12) {
+              static const char* kSlots[2][5] = {{"Q", "dO", "K", "V", "stats"}, {"K", "V", "Q", "dO", "stats"}};
+              std::printf("    b=%d h=%d block=%d slot %s item %zu: got %.9g want %.9g\n", b, h, blk,
+                          kSlots[kDkdv ? 1 : 0][std::min<std::size_t>(i / D, 4)], i % D, g[i], want[i]);
+            }
+            ++bad;
+          }
+        }
+      }
+  const bool ok = bad == 0;
+  std::printf("STAGE bpipe %-4s D=%-3d WG=%d tile=%d stages=%d %-9s B=%d T=%-5d H=%d  max_diff %.3e  wrong %5d / %zu  %s\n",
+              kDkdv ? "dkdv" : "dq", D, Cfg::kWG, ring_rows, Cfg::kStages, Cfg::kCausal ? "causal" : "noncausal", B, T, H,
+              max_diff, bad, nsum, verdict(ok));
+  return ok;
+}
+
+int stage_bpipe() {
+  Tally tally;
+  auto run = [&](const std::function<bool()>& f) {
+    try {
+      tally.add(f());
+    } catch (const std::exception& e) {
+      std::printf("STAGE bpipe ERROR %s  FAIL\n", e.what());
+      tally.add(false);
+    }
+  };
+  run([] { return test_bpipe<DkdvConfig<64, 64, 2, true>, true>(2, 1000, 3); });
+  run([] { return test_bpipe<DkdvConfig<64, 64, 2, false>, true>(1, 777, 2); });
+  run([] { return test_bpipe<DkdvConfig<128, 64, 2, true>, true>(1, 2100, 2); });
+  run([] { return test_bpipe<DkdvConfig<64, 64, 3, true>, true>(1, 70, 1); });
+  run([] { return test_bpipe<DqConfig<64, 128, 2, true>, false>(2, 1000, 3); });
+  run([] { return test_bpipe<DqConfig<64, 64, 2, false>, false>(1, 777, 2); });
+  run([] { return test_bpipe<DqConfig<128, 64, 2, true>, false>(1, 2100, 2); });
+  run([] { return test_bpipe<DqConfig<64, 64, 2, true, 3>, false>(1, 1000, 2); });
+  run([] { return test_bpipe<DqConfig<64, 128, 3, true>, false>(1, 70, 1); });
+  std::printf("STAGE bpipe SUMMARY %d pass, %d fail\n", tally.pass, tally.fail);
+  return tally.fail == 0 ? 0 : 1;
+}
+
 // ---- stage 5: the backward -------------------------------------------------------------------------
 
 struct BwdVariant {
@@ -1480,7 +1744,7 @@ int stage_info() {
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s info|gemm|tma|pipe|fwd|time|bwd|btime [--variant NAME] [--debug]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s info|gemm|tma|pipe|fwd|time|bpipe|bwd|btime [--variant NAME] [--debug]\n", argv[0]);
     return 2;
   }
   const std::string stage = argv[1];
@@ -1502,6 +1766,7 @@ int main(int argc, char** argv) {
     if (stage == "pipe") return stage_pipe();
     if (stage == "fwd") return stage_fwd(variant);
     if (stage == "time") return stage_time(variant);
+    if (stage == "bpipe") return stage_bpipe();
     if (stage == "bwd") return stage_bwd(variant);
     if (stage == "btime") return stage_btime(variant);
     std::fprintf(stderr, "unknown stage %s\n", stage.c_str());

@@ -6,7 +6,7 @@
 #   bench/attention/wgmma_lab.sh [LAB_BINARY] [STAGES]
 #     LAB_BINARY  default: build/scratchlm_wgmma_lab, else .device/build/scratchlm_wgmma_lab
 #                 (the binary alone suffices: it needs only libstdc++; carry build/scratchlm_wgmma_lab)
-#     STAGES      comma list of info,gemm,tma,pipe,fwd,time,bwd,btime (default: all, in that order)
+#     STAGES      comma list of info,gemm,tma,pipe,fwd,time,bpipe,bwd,btime (default: all, in that order)
 # Built here with: cmake --build build -j 2 --target scratchlm_wgmma_lab
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,7 +18,7 @@ if [[ -z "$lab" ]]; then
     lab=.device/build/scratchlm_wgmma_lab
   fi
 fi
-what=${2:-info,gemm,tma,pipe,fwd,time,bwd,btime}
+what=${2:-info,gemm,tma,pipe,fwd,time,bpipe,bwd,btime}
 out=${OUT:-/tmp/scratchlm-gpu}/wgmma
 mkdir -p "$out"
 [[ -x "$lab" ]] || { echo "no lab binary at $lab"; exit 1; }
@@ -68,6 +68,7 @@ if has time; then
   sed -n '/TABLE/,$p' "$out/time.log" | cut -c1-250
   echo "[time] rc=$rc"
 fi
+has bpipe && run bpipe 180 bpipe
 if has bwd; then
   for v in d64_m64_n128 d64_m64_n64 d64_m64_n64_q3 d64_m64_n128_s3 d128_m64_n64; do
     run "bwd_$v" 420 bwd --variant "$v"
