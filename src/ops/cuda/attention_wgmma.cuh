@@ -29,7 +29,7 @@
 #pragma once
 
 #ifndef SCRATCHLM_WGMMA_TU
-#error "define SCRATCHLM_WGMMA_TU (a namespace name for this file's copy of the wgmma kernels) before including"
+#error "define SCRATCHLM_WGMMA_TU before including (see hopper_primitives.cuh)"
 #endif
 
 #include <cuda.h>
@@ -46,9 +46,7 @@
 #include "wgmma_ptx.cuh"
 
 namespace scratchlm::wgmma {
-// SCRATCHLM_WGMMA_TU names an inline namespace per including file (the library's attention_wgmma.cu:
-// lib, the lab: lab), so that the two instantiate distinct kernels and watchdog report pointers:
-// nothing is defined twice at link time, and each launches its own module's kernels.
+// (SCRATCHLM_WGMMA_TU: see hopper_primitives.cuh.)
 inline namespace SCRATCHLM_WGMMA_TU {
 
 using bf16 = __nv_bfloat16;

@@ -519,6 +519,21 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 
 // ---- host side ---------------------------------------------------------------------------------------
 
+// One of the two backward kernels on grid (B·H, blocks_y), with its three tensor maps: Q and dO
+// boxes of q_rows rows, K/V boxes of kv_rows rows.
+template <int D, class Kernel>
+void launch_bwd_kernel(Kernel kernel, int smem, int threads, int blocks_y, int q_rows, int kv_rows, const bf16* qkv,
+                       const bf16* dout, const float* lse2, const float* delta, bf16* dqkv, int B, int T, int H,
+                       float scale, cudaStream_t stream) {
+  const CUtensorMap tq = make_qkv_map<D>(qkv, B, T, H, q_rows);
+  const CUtensorMap tkv = make_qkv_map<D>(qkv, B, T, H, kv_rows);
+  const CUtensorMap tdo = make_row_map<D>(dout, B, T, static_cast<std::uint64_t>(H) * D, q_rows);
+  LAB_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  kernel<<<dim3(static_cast<unsigned>(B * H), static_cast<unsigned>(blocks_y)), threads, smem, stream>>>(
+      tq, tkv, tdo, lse2, delta, dqkv, T, H, scale);
+  LAB_CUDA(cudaGetLastError());
+}
+
 // scratch: bwd_scratch_floats(B, H, T) floats (lse2, then delta). dqkv, dout, qkv 16-byte aligned.
 template <class KCfg, class QCfg>
 void attention_backward_wgmma(bf16* dqkv, float* scratch, const bf16* dout, const bf16* qkv, const bf16* out,
@@ -537,32 +552,19 @@ void attention_backward_wgmma(bf16* dqkv, float* scratch, const bf16* dout, cons
   float* lse2 = scratch;
   float* delta = scratch + static_cast<std::size_t>(B) * H * Tp;
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
-  const std::uint64_t C = static_cast<std::uint64_t>(H) * D;
 
   bwd_stats_kernel<D><<<dim3(static_cast<unsigned>(B * H), static_cast<unsigned>(Tp / 32)), 256, 0, stream>>>(
       lse2, delta, out, dout, lse, T, Tp, H);
   LAB_CUDA(cudaGetLastError());
 
-  {
-    const CUtensorMap tq = make_qkv_map<D>(qkv, B, T, H, KCfg::kBlockM);
-    const CUtensorMap tkv = make_qkv_map<D>(qkv, B, T, H, KCfg::kBlockK);
-    const CUtensorMap tdo = make_row_map<D>(dout, B, T, C, KCfg::kBlockM);
-    auto kernel = attention_dkdv_wgmma_kernel<KCfg>;
-    LAB_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, KCfg::kSmemBytes));
-    kernel<<<dim3(static_cast<unsigned>(B * H), static_cast<unsigned>((T + KCfg::kBlockK - 1) / KCfg::kBlockK)),
-             KCfg::kThreads, KCfg::kSmemBytes, stream>>>(tq, tkv, tdo, lse2, delta, dqkv, T, H, scale);
-    LAB_CUDA(cudaGetLastError());
-  }
-  {
-    const CUtensorMap tq = make_qkv_map<D>(qkv, B, T, H, QCfg::kBlockM);
-    const CUtensorMap tkv = make_qkv_map<D>(qkv, B, T, H, QCfg::kBlockN);
-    const CUtensorMap tdo = make_row_map<D>(dout, B, T, C, QCfg::kBlockM);
-    auto kernel = attention_dq_wgmma_kernel<QCfg>;
-    LAB_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, QCfg::kSmemBytes));
-    kernel<<<dim3(static_cast<unsigned>(B * H), static_cast<unsigned>((T + QCfg::kBlockM - 1) / QCfg::kBlockM)),
-             QCfg::kThreads, QCfg::kSmemBytes, stream>>>(tq, tkv, tdo, lse2, delta, dqkv, T, H, scale);
-    LAB_CUDA(cudaGetLastError());
-  }
+  // dK/dV: Q and dO boxes of its query tile, K/V boxes of its key block; dQ: Q and dO boxes of its
+  // query block, K/V boxes of its key tile.
+  launch_bwd_kernel<D>(attention_dkdv_wgmma_kernel<KCfg>, KCfg::kSmemBytes, KCfg::kThreads,
+                       (T + KCfg::kBlockK - 1) / KCfg::kBlockK, KCfg::kBlockM, KCfg::kBlockK, qkv, dout, lse2, delta,
+                       dqkv, B, T, H, scale, stream);
+  launch_bwd_kernel<D>(attention_dq_wgmma_kernel<QCfg>, QCfg::kSmemBytes, QCfg::kThreads,
+                       (T + QCfg::kBlockM - 1) / QCfg::kBlockM, QCfg::kBlockM, QCfg::kBlockN, qkv, dout, lse2, delta,
+                       dqkv, B, T, H, scale, stream);
 }
 
 }  // namespace SCRATCHLM_WGMMA_TU
