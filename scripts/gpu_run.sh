@@ -11,6 +11,7 @@
 #   attention bench/attention/run.sh: our flash attention against PyTorch SDPA (FlashAttention-2, cuDNN).
 #   wgmma   bench/attention/wgmma_lab.sh: the staged wgmma attention lab (needs only
 #           build/scratchlm_wgmma_lab, or the staged build; see bench/attention/WGMMA_NOTES.md).
+#           WGMMA_STAGES=info,gemm,bwd,btime (say) runs some of its stages (default: all).
 #   generate the GPU decoder's tests (GpuDecodeKernels.*, GpuDecoder.*, GenerateCommand.*), then
 #           bench/generate/run.sh with the time per kernel (PROFILE=1): ours against torch_decode.py
 #           and Hugging Face generate; logs in $OUT/generate/ (tests.log, gpu_tests.log, bench.log).
@@ -51,7 +52,7 @@ if [[ ",$what," == *,attention,* ]]; then
   sed -n '/^shape (B,H,T,D)/,$p' "$out/attention.log"
 fi
 if [[ ",$what," == *,wgmma,* ]]; then
-  bench/attention/wgmma_lab.sh "" 2>&1 | tee "$out/wgmma_lab.log" | tail -80 || status=1
+  bench/attention/wgmma_lab.sh "" "${WGMMA_STAGES:-}" 2>&1 | tee "$out/wgmma_lab.log" | tail -100 || status=1
 fi
 gen_parts=${GENERATE:-tests,bench}
 if [[ ",$what," == *,generate,* && ",$gen_parts," == *,tests,* ]]; then

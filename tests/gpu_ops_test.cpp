@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -535,6 +536,73 @@ TEST(GpuAttention, TensorCoreKernelsAtRaggedShapesAndRepeatably) {
       EXPECT_EQ(got.dk, again.dk) << shape;
     }
   }
+}
+
+// The Hopper forward (wgmma + TMA) against the mma.sync forward on the same inputs, at ragged
+// shapes (T = 1, less than a tile, one past 192, several tiles) for both of its head dims. Both
+// round P to bf16 for P V and store bf16 outputs, from fp32 sums in different orders (and
+// different running maxima): elements a few ulps apart. Bound per element: 2^-5·|mma| + 2^-8 (the
+// lab's, which the forward met at 13 shapes on the H200) plus one bf16 ulp of the value, 2^-7·|mma|;
+// an indexing or layout error is O(1). lse is fp32 arithmetic on fp32 sums: within 1e-4. Also: the
+// entry point attention_forward_mma dispatches to the wgmma kernel with SCRATCHLM_ATTENTION=auto
+// (bit-identical results), and to mma.sync with it unset or "mma". Skips off Hopper (the kernel needs an sm_90 device).
+TEST(GpuAttention, WgmmaForwardMatchesMmaSyncAtRaggedShapes) {
+  SLM_REQUIRE_GPU();
+  if (!attention_wgmma_supported({.B = 1, .T = 1, .H = 1, .D = 64}))
+    GTEST_SKIP() << "the wgmma attention forward needs an sm_90 (Hopper) device";
+  const char* saved = std::getenv("SCRATCHLM_ATTENTION");
+  const std::string saved_value = saved ? saved : "";
+  for (std::int64_t D : {64, 128})
+    for (auto [B, Tn, H] : std::vector<std::array<std::int64_t, 3>>{{1, 1, 1}, {2, 100, 3}, {1, 193, 2}, {2, 700, 1}}) {
+      const GpuAttentionShape s{.B = B, .T = Tn, .H = H, .D = D};
+      ASSERT_TRUE(attention_wgmma_supported(s));
+      const std::int64_t n_qkv = B * Tn * 3 * H * D, n_out = B * Tn * H * D, n_lse = B * H * Tn;
+      GpuBuffer d_qkv = upload<Bf16>(randn(n_qkv, 40 + Tn + D));
+      auto run = [&](auto forward) {
+        GpuBuffer d_out = upload<Bf16>(std::vector<float>(n_out, NAN)), d_lse = upload<float>(std::vector<float>(n_lse, NAN));
+        forward(d_out.as<Bf16>(), d_lse.as<float>(), d_qkv.as<Bf16>(), s, nullptr);
+        return std::make_pair(download<Bf16>(d_out, n_out), download<float>(d_lse, n_lse));
+      };
+      const auto [wg_out, wg_lse] = run(attention_forward_wgmma);
+      const auto [mma_out, mma_lse] = run(attention_forward_mma_sync);
+      const std::string shape = test_shape(B, Tn, H, D);
+      std::int64_t far = 0;
+      for (std::int64_t i = 0; i < n_out; ++i) {
+        const double a = wg_out[i], b = mma_out[i];
+        if (!(std::fabs(a - b) <= (std::ldexp(1.0, -5) + std::ldexp(1.0, -7)) * std::fabs(b) + std::ldexp(1.0, -8))) {
+          if (far < 5) ADD_FAILURE() << shape << ": out[" << i << "] = " << a << ", mma.sync " << b;
+          ++far;
+        }
+      }
+      EXPECT_EQ(far, 0) << shape;
+      for (std::int64_t i = 0; i < n_lse; ++i) ASSERT_NEAR(wg_lse[i], mma_lse[i], 1e-4) << shape << " lse " << i;
+      setenv("SCRATCHLM_ATTENTION", "auto", 1);
+      const auto [auto_out, auto_lse] = run(attention_forward_mma);
+      EXPECT_EQ(auto_out, wg_out) << shape << ": SCRATCHLM_ATTENTION=auto runs the wgmma kernel";
+      setenv("SCRATCHLM_ATTENTION", "mma", 1);
+      const auto [forced_out, forced_lse] = run(attention_forward_mma);
+      EXPECT_EQ(forced_out, mma_out) << shape << ": SCRATCHLM_ATTENTION=mma runs mma.sync";
+      unsetenv("SCRATCHLM_ATTENTION");
+      EXPECT_EQ(run(attention_forward_mma).first, mma_out) << shape << ": unset runs mma.sync (for now)";
+    }
+  if (saved) setenv("SCRATCHLM_ATTENTION", saved_value.c_str(), 1);
+  else unsetenv("SCRATCHLM_ATTENTION");
+}
+
+// A wrong SCRATCHLM_ATTENTION is an error naming the variable, before any CUDA call (no GPU needed).
+TEST(GpuAttention, BadAttentionKernelVariableIsAnError) {
+  const char* saved = std::getenv("SCRATCHLM_ATTENTION");
+  const std::string saved_value = saved ? saved : "";
+  setenv("SCRATCHLM_ATTENTION", "flash9", 1);
+  std::string message;
+  try {
+    attention_forward_mma(nullptr, nullptr, nullptr, {.B = 1, .T = 4, .H = 1, .D = 64}, nullptr);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  if (saved) setenv("SCRATCHLM_ATTENTION", saved_value.c_str(), 1);
+  else unsetenv("SCRATCHLM_ATTENTION");
+  EXPECT_NE(message.find("SCRATCHLM_ATTENTION"), std::string::npos) << message;
 }
 
 // ---- attention variants: grouped-query heads, sliding windows, soft-capping -----------------------

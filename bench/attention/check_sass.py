@@ -90,6 +90,13 @@ def main():
     for name, (ins, order) in sorted(kernels.items()):
         hgmma = sorted({re.search(r"HGMMA\.\S+", t).group(0) for t in ins.values() if "HGMMA" in t})
         line = f"{name[:100]}\n   HGMMA {', '.join(hgmma) or 'none'}"
+        n_mma = sum("HGMMA" in t for t in ins.values())
+        n_wait = sum("WARPGROUP.DEPBAR" in t for t in ins.values())
+        if n_mma:
+            # ptxas serializes wgmma (its C7518 note) by a wait after every HGMMA: then n_wait ≈ n_mma.
+            serial = n_wait >= n_mma
+            bad += 1 if serial else 0
+            line += f"\n   {n_mma} HGMMA, {n_wait} wait_group{'  SERIALIZED' if serial else ''}"
         for kind in ("DEALLOC", "TRY_ALLOC"):
             starts = [a for a in order if "USETMAXREG" in ins[a] and kind in ins[a]]
             if starts:
@@ -98,7 +105,7 @@ def main():
                 ok = top < budget
                 bad += 0 if ok else 1
                 line += f"\n   {kind:9s} budget {budget:3d}: highest register R{top} {'ok' if ok else 'OVER BUDGET'}"
-        if "attention_forward_wgmma_kernel" in name:
+        if "attention_forward_wgmma_kernel" in name or "attention_dq_wgmma_kernel" in name:
             counts = overlap_mufu(ins, order)
             line += f"\n   MUFU.EX2 between wait_group 1 and 0: {counts}"
         print(line)

@@ -6,7 +6,7 @@
 #   bench/attention/wgmma_lab.sh [LAB_BINARY] [STAGES]
 #     LAB_BINARY  default: build/scratchlm_wgmma_lab, else .device/build/scratchlm_wgmma_lab
 #                 (the binary alone suffices: it needs only libstdc++; carry build/scratchlm_wgmma_lab)
-#     STAGES      comma list of info,gemm,tma,pipe,fwd,time (default: all, in that order)
+#     STAGES      comma list of info,gemm,tma,pipe,fwd,time,bpipe,bwd,btime (default: all, in that order)
 # Built here with: cmake --build build -j 2 --target scratchlm_wgmma_lab
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,7 +18,7 @@ if [[ -z "$lab" ]]; then
     lab=.device/build/scratchlm_wgmma_lab
   fi
 fi
-what=${2:-info,gemm,tma,pipe,fwd,time}
+what=${2:-info,gemm,tma,pipe,fwd,time,bpipe,bwd,btime}
 out=${OUT:-/tmp/scratchlm-gpu}/wgmma
 mkdir -p "$out"
 [[ -x "$lab" ]] || { echo "no lab binary at $lab"; exit 1; }
@@ -37,7 +37,7 @@ run() {
   echo "[$name] rc=$rc  ($(grep -c ' PASS' "$out/$name.log") PASS lines; log $out/$name.log)"
   if [[ $rc -ne 0 ]]; then
     status=1
-    if [[ " $* " != *" time "* && " $* " != *" info "* ]]; then
+    if [[ " $* " != *" time "* && " $* " != *" btime "* && " $* " != *" info "* ]]; then
       timeout "$limit" "$lab" "$@" --debug > "$out/$name.debug.log" 2>&1
       grep -E "^    " "$out/$name.debug.log" | head -16
     fi
@@ -67,5 +67,21 @@ if has time; then
   grep -E "ERROR|FAIL|WATCHDOG|context lost" "$out/time.log" | cut -c1-300 | head -8
   sed -n '/TABLE/,$p' "$out/time.log" | cut -c1-250
   echo "[time] rc=$rc"
+fi
+has bpipe && run bpipe 180 bpipe
+if has bwd; then
+  for v in d64_m64_n128 d64_m64_n64 d64_m64_n64_q3 d64_m64_n128_s3 d128_m64_n64; do
+    run "bwd_$v" 420 bwd --variant "$v"
+  done
+  # A sample of what PASS looks like (errors of ours and of the mma kernel, per gradient).
+  grep -h " PASS" "$out"/bwd_d64_m64_n128.log 2>/dev/null | head -2 | cut -c1-330
+fi
+if has btime; then
+  timeout 600 "$lab" btime > "$out/btime.log" 2>&1
+  rc=$?
+  [[ $rc -ne 0 ]] && status=1
+  grep -E "ERROR|FAIL|WATCHDOG|context lost|^    far" "$out/btime.log" | cut -c1-300 | head -8
+  sed -n '/TABLE/,$p' "$out/btime.log" | cut -c1-260
+  echo "[btime] rc=$rc"
 fi
 exit $status

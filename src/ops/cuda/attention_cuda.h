@@ -18,9 +18,18 @@
 // Tiles of the score matrix wholly outside the visible band are never loaded or computed (forward,
 // dQ and dK/dV alike), so the cost of a window scales with W, not T; only tiles that cross an edge
 // of the band are masked element by element.
-// Two implementations behind one entry point each:
+// Implementations:
 //   attention_*_cuda<T>      plain CUDA cores, any D ≤ 256, T = float or Bf16 (the fp32 path and a check);
-//   attention_*_mma          bf16 tensor cores (mma.sync), D in {32, 64, 128}.
+//   attention_*_mma          bf16 tensor cores, D in {32, 64, 128}: the training path's entry points.
+//                            The forward dispatches to attention_forward_wgmma where that applies
+//                            (attention_wgmma_supported) and to attention_forward_mma_sync otherwise;
+//                            SCRATCHLM_ATTENTION=auto in the environment enables wgmma; unset or
+//                            "mma" runs mma_sync (the default until the wgmma forward has passed its
+//                            library test on a GPU; see attention_mma.cu).
+//   attention_forward_mma_sync   mma.sync (Ampere-style tensor cores), every variant above;
+//   attention_forward_wgmma      Hopper wgmma + TMA (attention_wgmma.cu, compiled for sm_90a only):
+//                            an sm_90 device, D in {64, 128}, multi-head (Hkv = H), no window, no
+//                            soft-capping. Same outputs as mma_sync up to fp32 summation order.
 // Left out: non-causal attention, Tq != Tk (generation has its own path).
 #pragma once
 
@@ -65,6 +74,11 @@ void attention_backward_cuda(T* dqkv, float* delta, const T* dout, const T* qkv,
 
 bool attention_mma_supported(std::int64_t D);
 void attention_forward_mma(Bf16* out, float* lse, const Bf16* qkv, const GpuAttentionShape& s, CUstream_st* stream);
+void attention_forward_mma_sync(Bf16* out, float* lse, const Bf16* qkv, const GpuAttentionShape& s,
+                                CUstream_st* stream);
+// True when attention_forward_wgmma runs `s` on the current device.
+bool attention_wgmma_supported(const GpuAttentionShape& s);
+void attention_forward_wgmma(Bf16* out, float* lse, const Bf16* qkv, const GpuAttentionShape& s, CUstream_st* stream);
 void attention_backward_mma(Bf16* dqkv, float* delta, const Bf16* dout, const Bf16* qkv, const Bf16* out,
                             const float* lse, const GpuAttentionShape& s, CUstream_st* stream);
 

@@ -58,6 +58,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -1273,8 +1274,28 @@ void launch_backward(bf16* dqkv, float* delta, const bf16* dout, const bf16* qkv
 
 bool attention_mma_supported(std::int64_t D) { return D == 32 || D == 64 || D == 128; }
 
+namespace {
+// SCRATCHLM_ATTENTION: "auto" lets the forward pick its kernel (wgmma where it applies); unset,
+// empty or "mma" runs mma.sync. The wgmma forward passed the lab's checks on an H200 but has not yet
+// run inside the library on a GPU, so it is opt-in until GpuAttention.WgmmaForwardMatchesMmaSync...
+// has passed there; then unset becomes "auto".
+bool forced_mma_sync() {
+  const char* e = std::getenv("SCRATCHLM_ATTENTION");
+  if (e == nullptr || *e == '\0' || std::strcmp(e, "mma") == 0) return true;
+  if (std::strcmp(e, "auto") == 0) return false;
+  fail("SCRATCHLM_ATTENTION = '", e, "' must be 'auto' or 'mma'");
+}
+}  // namespace
+
 void attention_forward_mma(Bf16* out, float* lse, const Bf16* qkv, const GpuAttentionShape& s, CUstream_st* stream) {
-  const Launch l = check_shape(s, "attention_forward_mma");
+  check_attention_shape(s, "attention_forward_mma");
+  if (!forced_mma_sync() && attention_wgmma_supported(s)) attention_forward_wgmma(out, lse, qkv, s, stream);
+  else attention_forward_mma_sync(out, lse, qkv, s, stream);
+}
+
+void attention_forward_mma_sync(Bf16* out, float* lse, const Bf16* qkv, const GpuAttentionShape& s,
+                                CUstream_st* stream) {
+  const Launch l = check_shape(s, "attention_forward_mma_sync");
   check_aligned(out, "out");
   check_aligned(qkv, "qkv");
   bf16* o = reinterpret_cast<bf16*>(out);

@@ -4,9 +4,15 @@
 // the warpgroup's wgmma.wait_group returns, so callers fence them (fence_operands) around the wait.
 #pragma once
 
+#ifndef SCRATCHLM_WGMMA_TU
+#error "define SCRATCHLM_WGMMA_TU before including (see hopper_primitives.cuh)"
+#endif
+
 #include <cstdint>
 
-namespace wgmma_lab {
+namespace scratchlm::wgmma {
+// (SCRATCHLM_WGMMA_TU: see hopper_primitives.cuh.)
+inline namespace SCRATCHLM_WGMMA_TU {
 
 template <int N, int kTransA, int kTransB>
 struct WgmmaSS;
@@ -279,4 +285,5 @@ struct WgmmaRS<256, kTransB> {
   }
 };
 
-}  // namespace wgmma_lab
+}  // namespace SCRATCHLM_WGMMA_TU
+}  // namespace scratchlm::wgmma

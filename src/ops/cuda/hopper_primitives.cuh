@@ -15,12 +15,20 @@
 // address bits, so every tile here starts on a 1024-byte boundary.
 #pragma once
 
+#ifndef SCRATCHLM_WGMMA_TU
+#error "define SCRATCHLM_WGMMA_TU (a namespace name for this file's copy of the wgmma kernels) before including"
+#endif
+
 #include <cuda.h>   // CUtensorMap (types only: the driver entry point is fetched at run time)
 #include <cuda_bf16.h>
 
 #include <cstdint>
 
-namespace wgmma_lab {
+namespace scratchlm::wgmma {
+// SCRATCHLM_WGMMA_TU names an inline namespace per including file (the library's attention_wgmma.cu:
+// lib, the lab: lab), so that the two instantiate distinct kernels and watchdog report pointers:
+// nothing is defined twice at link time, and each launches its own module's kernels.
+inline namespace SCRATCHLM_WGMMA_TU {
 
 // ---- swizzle ---------------------------------------------------------------------------------
 
@@ -223,6 +231,14 @@ __device__ __forceinline__ void tma_load_3d(std::uint32_t dst, const CUtensorMap
       : "memory");
 }
 
+// A plain (non-tensor) bulk copy of `bytes` (a multiple of 16; both addresses 16-byte aligned) from
+// global memory into shared memory at dst, completing `bytes` of transactions on bar.
+__device__ __forceinline__ void bulk_load(std::uint32_t dst, const void* src, std::uint32_t bytes, std::uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(reinterpret_cast<std::uint64_t>(src)), "r"(bytes), "r"(bar)
+               : "memory");
+}
+
 // ---- small numerics ----------------------------------------------------------------------------------
 
 // 2^x on the MUFU unit, subnormal results flushed (as attention_mma.cu's fast_exp2).
@@ -240,4 +256,5 @@ __device__ __forceinline__ std::uint32_t pack_bf16x2(float lo, float hi) {
   return u;
 }
 
-}  // namespace wgmma_lab
+}  // namespace SCRATCHLM_WGMMA_TU
+}  // namespace scratchlm::wgmma

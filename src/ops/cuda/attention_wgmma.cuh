@@ -28,6 +28,10 @@
 // GQA, Tq != Tk.
 #pragma once
 
+#ifndef SCRATCHLM_WGMMA_TU
+#error "define SCRATCHLM_WGMMA_TU before including (see hopper_primitives.cuh)"
+#endif
+
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -41,7 +45,9 @@
 #include "hopper_primitives.cuh"
 #include "wgmma_ptx.cuh"
 
-namespace wgmma_lab {
+namespace scratchlm::wgmma {
+// (SCRATCHLM_WGMMA_TU: see hopper_primitives.cuh.)
+inline namespace SCRATCHLM_WGMMA_TU {
 
 using bf16 = __nv_bfloat16;
 constexpr float kInf = std::numeric_limits<float>::infinity();
@@ -399,7 +405,7 @@ inline void cuda_check(cudaError_t e, const char* what, const char* file, int li
   if (e != cudaSuccess)
     throw CudaError(std::string(file) + ":" + std::to_string(line) + ": " + what + ": " + cudaGetErrorString(e));
 }
-#define LAB_CUDA(expr) ::wgmma_lab::cuda_check((expr), #expr, __FILE__, __LINE__)
+#define LAB_CUDA(expr) ::scratchlm::wgmma::cuda_check((expr), #expr, __FILE__, __LINE__)
 
 // cuTensorMapEncodeTiled from the driver through the runtime, so nothing links libcuda.
 using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
@@ -416,24 +422,32 @@ inline EncodeTiledFn encode_tiled_fn() {
   return fn;
 }
 
-// A 3-D map over qkv (B, T, 3, H, D) seen as (3C columns, T rows, B sequences), box
-// (kSubCols, rows, 1), swizzled as HeadTile<D> expects. Rows past T read as zeros.
+// A 3-D map over a (B, T, cols) bf16 tensor seen as (cols columns, T rows, B sequences), box
+// (kSubCols, rows, 1), swizzled as HeadTile<D> expects. Rows past T read as zeros. cols·2 bytes
+// must be a multiple of 16 (the TMA's stride rule): true for qkv (3·H·D) and dout (H·D), D ≥ 64 or
+// H even.
 template <int D>
-CUtensorMap make_qkv_map(const bf16* qkv, int B, int T, int H, int box_rows) {
+CUtensorMap make_row_map(const bf16* base, int B, int T, std::uint64_t cols, int box_rows) {
   using G = HeadTile<D>;
-  const std::uint64_t C = static_cast<std::uint64_t>(H) * D;
-  if (reinterpret_cast<std::uintptr_t>(qkv) % 16 != 0) throw CudaError("qkv must be 16-byte aligned for the TMA");
+  if (reinterpret_cast<std::uintptr_t>(base) % 16 != 0) throw CudaError("tensors must be 16-byte aligned for the TMA");
+  if (cols * 2 % 16 != 0) throw CudaError("row length must be a multiple of 16 bytes for the TMA");
   CUtensorMap map;
-  const cuuint64_t dims[3] = {3 * C, static_cast<cuuint64_t>(T), static_cast<cuuint64_t>(B)};
-  const cuuint64_t strides[2] = {3 * C * 2, static_cast<cuuint64_t>(T) * 3 * C * 2};   // bytes, dims 1 and 2
+  const cuuint64_t dims[3] = {cols, static_cast<cuuint64_t>(T), static_cast<cuuint64_t>(B)};
+  const cuuint64_t strides[2] = {cols * 2, static_cast<cuuint64_t>(T) * cols * 2};   // bytes, dims 1 and 2
   const cuuint32_t box[3] = {static_cast<cuuint32_t>(G::kSubCols), static_cast<cuuint32_t>(box_rows), 1};
   const cuuint32_t elem_strides[3] = {1, 1, 1};
-  const CUresult r = encode_tiled_fn()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<bf16*>(qkv), dims, strides,
+  const CUresult r = encode_tiled_fn()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<bf16*>(base), dims, strides,
                                        box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
                                        G::kRowBytes == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
                                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) throw CudaError("cuTensorMapEncodeTiled failed with CUresult " + std::to_string(static_cast<int>(r)));
   return map;
+}
+
+// qkv (B, T, 3, H, D) as rows of 3C columns: Q, K, V of head h are boxes at columns h·D, C + h·D, 2C + h·D.
+template <int D>
+CUtensorMap make_qkv_map(const bf16* qkv, int B, int T, int H, int box_rows) {
+  return make_row_map<D>(qkv, B, T, 3 * static_cast<std::uint64_t>(H) * D, box_rows);
 }
 
 template <class Cfg>
@@ -445,14 +459,13 @@ void attention_forward_wgmma(bf16* out, float* lse, const bf16* qkv, int B, int 
   const CUtensorMap tq = make_qkv_map<Cfg::D>(qkv, B, T, H, Cfg::kBlockM);
   const CUtensorMap tkv = make_qkv_map<Cfg::D>(qkv, B, T, H, Cfg::kBlockN);
   auto kernel = attention_forward_wgmma_kernel<Cfg>;
-  static bool smem_opted_in = false;   // once per instantiation (the lab uses one device)
-  if (!smem_opted_in) {
-    LAB_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
-    smem_opted_in = true;
-  }
+  // Opt in to the large shared memory on every launch (a cheap driver call), so that it holds on
+  // whichever device is current.
+  LAB_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
   kernel<<<dim3(static_cast<unsigned>(B * H), static_cast<unsigned>(m_blocks)), Cfg::kThreads, Cfg::kSmemBytes, stream>>>(
       tq, tkv, out, lse, T, H, 1.f / std::sqrt(static_cast<float>(Cfg::D)));
   LAB_CUDA(cudaGetLastError());
 }
 
-}  // namespace wgmma_lab
+}  // namespace SCRATCHLM_WGMMA_TU
+}  // namespace scratchlm::wgmma
