@@ -9,7 +9,6 @@
 
 #include <cmath>
 #include <filesystem>
-#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "model/gpu_model.h"
@@ -158,35 +157,6 @@ TEST(GpuModel, Fp32TrainingTrajectoryMatchesPyTorch) {
   gpu.get_params(params.data());
   for (const ParamSpec& s : gpu.layout().specs)
     EXPECT_LT(rel(params.data() + s.offset, r.f.floats("train.final." + s.name)), 1e-5) << s.name;
-}
-
-// The attention variants of issue 6 are CPU-only so far: the GPU model refuses each by name, with
-// a pointer to the CPU path.
-TEST(GpuModel, RefusesTheAttentionVariantsByName) {
-  SLM_REQUIRE_GPU();
-  const ModelConfig base{.vocab_size = 32, .context_length = 16, .d_model = 16, .num_layers = 2, .num_heads = 4,
-                         .d_ff = 32};
-  const std::vector<std::pair<std::string, std::function<void(ModelConfig&)>>> variants = {
-      {"num_kv_heads", [](ModelConfig& c) { c.num_kv_heads = 2; }},
-      {"head_dim", [](ModelConfig& c) { c.head_dim = 8; }},
-      {"attention_window", [](ModelConfig& c) { c.attention_window = 4; }},
-      {"attn_softcap", [](ModelConfig& c) { c.attn_softcap = 5.0; }},
-      {"dropout", [](ModelConfig& c) { c.dropout = 0.1; }},
-      {"attention_dropout", [](ModelConfig& c) { c.attention_dropout = 0.1; }},
-      {"position", [](ModelConfig& c) { c.position = Position::learned; }},
-  };
-  for (const auto& [field, set] : variants) {
-    ModelConfig c = base;
-    set(c);
-    validate(c, field);
-    try {
-      GpuModel gpu(c, {.precision = GpuPrecision::fp32, .with_backward = false});
-      ADD_FAILURE() << field << " accepted";
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("\"" + field + "\""), std::string::npos) << e.what();
-      EXPECT_NE(std::string(e.what()).find("--device cpu"), std::string::npos) << e.what();
-    }
-  }
 }
 
 }  // namespace

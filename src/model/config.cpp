@@ -342,4 +342,15 @@ void validate(const ModelConfig& c, const std::string& where) {
   }
 }
 
+std::string gpu_unsupported_fields(const ModelConfig& c) {
+  std::string out;
+  auto add = [&](const char* field) { out += (out.empty() ? "\"" : ", \"") + std::string(field) + "\""; };
+  if (c.dropout > 0) add("dropout");
+  if (c.attention_dropout > 0) add("attention_dropout");
+  if (c.d_head() > 256) add("head_dim");
+  if (c.is_moe() && c.ffn != FfnKind::swiglu) add("ffn");
+  if (c.is_moe() && c.bias) add("bias");
+  return out;
+}
+
 }  // namespace scratchlm

@@ -150,4 +150,10 @@ nlohmann::ordered_json to_json(const ModelConfig& c);
 // Throws Error naming the offending field if the shape is impossible.
 void validate(const ModelConfig& c, const std::string& where);
 
+// The model fields the GPU path (GpuModel) does not implement as this model sets them, each
+// quoted, comma-separated ("\"dropout\", \"attention_dropout\""); empty when the GPU trains it:
+// dropout of either kind, head_dim above 256, and mixtures of experts other than SwiGLU experts
+// without biases.
+std::string gpu_unsupported_fields(const ModelConfig& c);
+
 }  // namespace scratchlm

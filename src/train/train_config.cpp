@@ -219,7 +219,8 @@ TrainConfig train_config_from_json(const nlohmann::ordered_json& j) {
   if (c.out_dir.empty()) fail("run config: field \"out_dir\" is empty");
   c.peak_flops = get_double(j, "peak_flops", 0.0);
   const std::string device = get_string(j, "device");
-  if (device == "auto") c.device = cuda_device_count() > 0 ? TrainDevice::cuda : TrainDevice::cpu;
+  if (device == "auto")   // the GPU where there is one and it implements the model (the CPU implements all)
+    c.device = cuda_device_count() > 0 && gpu_unsupported_fields(c.model).empty() ? TrainDevice::cuda : TrainDevice::cpu;
   else if (device == "cuda") c.device = TrainDevice::cuda;
   else if (device == "cpu") c.device = TrainDevice::cpu;
   else fail("run config: field \"device\" must be \"auto\", \"cuda\" or \"cpu\", got \"", device, "\"");

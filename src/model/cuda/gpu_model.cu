@@ -1,15 +1,20 @@
 // The GPU model (see gpu_model.h). forward and backward below are the CPU model's model_forward and
-// model_backward (model.cpp) line for line, on device buffers; T is the working precision.
+// model_backward (model.cpp) step for step, variants included, on device buffers; T is the working
+// precision.
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <type_traits>
+#include <unordered_map>
 #include <vector>
 
+#include "model/cuda/moe_cuda.h"
 #include "model/gpu_model.h"
 #include "ops/cuda/attention_cuda.h"
 #include "ops/cuda/gemm_cuda.h"
 #include "ops/cuda/ops_cuda.h"
+#include "ops/cuda/variant_ops_cuda.h"
+#include "ops/embedding.h"
 #include "ops/rope.h"
 #include "tensor/cuda/cuda_check.cuh"
 #include "tensor/gpu_buffer.h"
@@ -33,23 +38,38 @@ struct PinnedBuffer {
   PinnedBuffer(const PinnedBuffer&) = delete;
 };
 
-// The feed-forward's hidden activations: ab (N, 2F) T = [W1 ln2 | W3 ln2] (one matrix product),
-// h (N, F) T = silu(a) ⊙ b. The largest activations of a layer; with recomputation one set serves
-// every layer and backward recomputes a layer's set from its ln2 before using it.
+// The dense feed-forward's hidden activations: ab (N, 2F) T = [W1 x | W3 x] (one matrix product;
+// (N, F) = W1 x alone for the plain MLP), h (N, F) T = act(a) [⊙ b]. The largest activations of a
+// layer; with recomputation one set serves every layer and backward recomputes a layer's set from
+// the feed-forward's input before using it.
 struct FfnBuffers {
   GpuBuffer ab, h;
 };
 
+// A norm's saved statistics: rstd (N) and, for LayerNorm, mean (N); empty buffers where the model
+// has no such norm.
+struct NormStats {
+  GpuBuffer mean, rstd;
+};
+
 // One layer's saved activations. Lifetimes: written by forward, read by backward of the same pass.
+// Q = H·D and K = Hkv·D are the query and key widths (config.h); both C by default.
 struct LayerBuffers {
-  GpuBuffer ln1;    // (N, C) T   rmsnorm1(x_in)
-  GpuBuffer rstd1;  // (N) f32
-  GpuBuffer qkv;    // (N, 3C) T  q, k (after RoPE), v
-  GpuBuffer attn;   // (N, C) T   attention output
-  GpuBuffer lse;    // (B, H, T) f32
-  GpuBuffer ln2;    // (N, C) T
-  GpuBuffer rstd2;  // (N) f32
-  FfnBuffers ffn;   // empty with recomputation: the layers share Impl::ffn_shared
+  GpuBuffer ln1;      // (N, C) T   the attention's input: norm1(x_in) (pre, double placements) or x_in in T
+  NormStats norm1;    //            norm1's statistics (in post placement norm1 follows the attention)
+  GpuBuffer qkv;      // (N, Q + 2K) T  q, k (after QK-norm and RoPE), v
+  GpuBuffer qk_raw;   // (N, Q + K) T   q and k before QK-norm (qk_norm only)
+  GpuBuffer rstd_qk;  // (N, H + Hkv) f32 (qk_norm only)
+  GpuBuffer attn;     // (N, Q) T   attention output
+  GpuBuffer lse;      // (B, H, T) f32
+  // Post and double placements: each sublayer's output before the norm that follows it, (N, C)
+  // f32: post x_in + attention (norm1's input), x_mid + ffn (norm2's); double the outputs alone.
+  GpuBuffer attn_out, ffn_out;
+  NormStats post_attn, post_ffn;   // double placement's post_attn_norm, post_ffn_norm
+  GpuBuffer ln2;      // (N, C) T   the feed-forward's input in serial blocks: norm2(x_mid) or x_mid in T
+  NormStats norm2;
+  FfnBuffers ffn;     // empty with recomputation (the layers share Impl::ffn_shared) or MoE
+  GpuMoeSaved moe;    // the mixture of experts' state (moe only)
 };
 
 }  // namespace
@@ -64,29 +84,38 @@ struct GpuModel::Impl {
   cudaStream_t stream = nullptr;
   GemmContext gemm;
 
-  // Arenas (layout.total floats) and the working-precision weights (bf16 only; fp32 reads params).
+  // Arenas (layout.total floats) and the working copy of the weights in T, which the matrix
+  // products read (fp32 too: the copy's order fuses products; norms and biases read the arena).
   GpuBuffer params, grads, m, v, params_copy;
   // Per parameter tensor, its offset in params_copy: the arena's order except that each layer's
-  // w3 follows its w1, so that [W1; W3] is one (2F, C) matrix for the fused up-projection.
+  // k_proj and v_proj follow its q_proj, and each w3 its w1, so that [Wq; Wk; Wv] is one
+  // (Q + 2K, C) matrix and [W1; W3] one (2F, C) matrix. copy_at maps arena offsets to copy offsets.
   std::vector<std::int64_t> copy_offset;
+  std::unordered_map<std::int64_t, std::int64_t> copy_at;
+  ModelWeights w, g;   // views of params and grads by name (g: with backward only)
   GpuBuffer rope_cos, rope_sin;   // (context, D/2)
+  GpuBuffer sinusoid;             // (context, C) with position "sinusoidal"
 
   // Activations (see LayerBuffers); resid[2l] is block l's input, resid[2l+1] its middle,
   // resid[2L] the final residual stream. All (N, C) f32.
   std::vector<GpuBuffer> resid;
   std::vector<LayerBuffers> layers;
   FfnBuffers ffn_shared;   // with recomputation
-  GpuBuffer ln_final, rstd_final, logits, losses;   // (N, C) T, (N), (N, V) T, (N)
+  GpuMoeScratch moe_scratch;
+  GpuBuffer ln_final, logits, losses;   // (N, C) T, (N, V) T, (N)
+  NormStats norm_final;
   // Backward scratch, live only inside one backward pass.
   GpuBuffer dresid;      // (N, C) f32  gradient of the residual stream
   GpuBuffer dresid_t;    // (N, C) T    its copy for the matrix products (bf16 only)
-  GpuBuffer dln;         // (N, C) f32  gradient of a norm's output
-  GpuBuffer dattn;       // (N, C) T
-  GpuBuffer dqkv;        // (N, 3C) T
+  GpuBuffer dln;         // (N, C) f32  gradient of a sublayer's input
+  GpuBuffer dln_ffn;     // (N, C) f32  parallel blocks: the feed-forward's share of ln1's gradient
+  GpuBuffer dsub, dsub_t;   // (N, C) f32, T  post and double placements: gradient of a sublayer's output
+  GpuBuffer dattn;       // (N, Q) T
+  GpuBuffer dqkv;        // (N, Q + 2K) T
   GpuBuffer dh;          // (N, F) T
   GpuBuffer dab;         // (N, 2F) T  [da | db]
   GpuBuffer delta;       // (B, H, T) f32
-  GpuBuffer norm_partials;   // (kRmsnormPartials, C) f32
+  GpuBuffer partials;    // (kRmsnormPartials, max(C, Q, F, 2D)) f32: the column sums' partials
 
   // Inputs: grad_accum micro-batches of micro_ints(N) ints, then a GpuStepIndex.
   GpuBuffer input;
@@ -113,20 +142,9 @@ struct GpuModel::Impl {
   std::int64_t index_offset() const { return (o.grad_accum * micro_ints(N) + 1) / 2 * 2; }
   GpuStepIndex* input_index() const { return reinterpret_cast<GpuStepIndex*>(input.as<std::int32_t>() + index_offset()); }
   std::int64_t input_bytes() const { return index_offset() * 4 + static_cast<std::int64_t>(sizeof(GpuStepIndex)); }
-  // A view of one arena by parameter name.
-  float* at(const GpuBuffer& arena, std::size_t spec) const { return arena.as<float>() + layout.specs[spec].offset; }
 };
 
 namespace {
-
-// Indices into layout.specs (the table order of params.h).
-struct SpecIndex {
-  static std::size_t embedding() { return 0; }
-  static std::size_t layer(std::int64_t l, int k) { return 1 + 9 * static_cast<std::size_t>(l) + k; }   // k: 0 ln1 .. 8 w3
-  static std::size_t ln_final(std::int64_t L) { return 1 + 9 * static_cast<std::size_t>(L); }
-  static std::size_t lm_head(std::int64_t L) { return 2 + 9 * static_cast<std::size_t>(L); }
-};
-enum LayerParam { kLn1 = 0, kWq = 1, kWk = 2, kWv = 3, kWo = 4, kLn2 = 5, kW1 = 6, kW2 = 7, kW3 = 8 };
 
 // In a profiled step, an event after each part of the step: the time since the previous mark is
 // the part's. Free otherwise.
@@ -138,66 +156,193 @@ void mark(GpuModel::Impl& m, const char* part) {
   m.profile->emplace_back(part, e);
 }
 
+// The working copy of the parameter tensor whose fp32 master is p (a pointer of m.w).
 template <typename T>
-const T* weight(const GpuModel::Impl& m, std::size_t spec) {
-  if constexpr (std::is_same_v<T, float>) return m.at(m.params, spec);
-  else return m.params_copy.as<T>() + m.copy_offset[spec];
+const T* working(const GpuModel::Impl& m, const float* p) {
+  return m.params_copy.as<T>() + m.copy_at.at(p - m.params.as<float>());
 }
 
 template <typename T>
 T* buf(const GpuBuffer& b) { return b.as<T>(); }
 
+// A typed null for the optional T copies of the kernels' outputs.
+template <typename T>
+T* copy_of(const GpuBuffer& b) { return b.data() ? b.as<T>() : nullptr; }
+
 FfnBuffers& ffn_of(GpuModel::Impl& m, std::int64_t l) { return m.o.recompute ? m.ffn_shared : m.layers[l].ffn; }
 
-// The feed-forward's up projections and gate for layer l: ab, h from ln2 (forward, and backward
-// when recomputing). In bf16 [W1; W3] is one matrix of the working copy: one product; in fp32 the
-// master weights are read in place, W1 and W3 apart: two products into the halves of ab.
+bool post_placement(const ModelConfig& c) { return c.norm_placement == NormPlacement::post; }
+// ln1 and ln2 normalise the sublayers' inputs (pre and double placements); in post placement they
+// follow the residual sums, and without norms there are none.
+bool pre_norms(const ModelConfig& c) { return c.has_norms() && !post_placement(c); }
+
+// out (N, C) = the model's norm of x (N, C) f32 with weights w: ln1, ln2, ln_final, post_*_norm.
+template <typename TO>
+void norm_forward(GpuModel::Impl& m, TO* out, NormStats& s, const float* x, const NormWeights& w, std::int64_t N) {
+  const std::int64_t C = m.c.d_model;
+  if (m.c.norm == Norm::layernorm)
+    layernorm_forward_cuda<TO>(out, buf<float>(s.mean), buf<float>(s.rstd), x, w.weight, w.bias, N, C, m.stream);
+  else
+    rmsnorm_forward_cuda<TO>(out, buf<float>(s.rstd), x, w.weight, N, C, m.stream);
+  mark(m, "norm forward");
+}
+
+// dx (N, C) += or = (acc) the gradient of the norm's input x from dy (N, C) f32, dx_copy (may be
+// null) the new dx in T; the weight gradients accumulate into gw.
 template <typename T>
-void ffn_up(GpuModel::Impl& m, std::int64_t l, std::int64_t N) {
-  const std::int64_t C = m.c.d_model, F = m.c.d_ff;
-  const LayerBuffers& a = m.layers[l];
-  FfnBuffers& f = ffn_of(m, l);
-  if constexpr (std::is_same_v<T, Bf16>) {
-    gemm(m.gemm, buf<T>(f.ab), buf<T>(a.ln2), weight<T>(m, SpecIndex::layer(l, kW1)), linear_shape(N, C, 2 * F), 1.0f,
-         0.0f, m.stream);
+void norm_backward(GpuModel::Impl& m, float* dx, T* dx_copy, Accumulate acc, const float* dy, const float* x,
+                   const NormWeights& w, const NormWeights& gw, const NormStats& s, std::int64_t N) {
+  const std::int64_t C = m.c.d_model;
+  if (m.c.norm == Norm::layernorm) {
+    layernorm_backward_cuda<T>(dx, dx_copy, gw.weight, gw.bias, buf<float>(m.partials), dy, x, w.weight,
+                               buf<float>(s.mean), buf<float>(s.rstd), N, C, acc, m.stream);
   } else {
-    GemmShape half = linear_shape(N, C, F);
-    half.ldd = 2 * F;
-    gemm(m.gemm, buf<T>(f.ab), buf<T>(a.ln2), weight<T>(m, SpecIndex::layer(l, kW1)), half, 1.0f, 0.0f, m.stream);
-    gemm(m.gemm, buf<T>(f.ab) + F, buf<T>(a.ln2), weight<T>(m, SpecIndex::layer(l, kW3)), half, 1.0f, 0.0f, m.stream);
+    if (acc == Accumulate::no) SLM_CUDA_CHECK(cudaMemsetAsync(dx, 0, static_cast<std::size_t>(N * C * 4), m.stream));
+    rmsnorm_backward_cuda<T>(dx, dx_copy, gw.weight, buf<float>(m.partials), dy, x, w.weight, buf<float>(s.rstd), N,
+                             C, m.stream);
+  }
+  mark(m, "norm backward");
+}
+
+// y (n) += x (n), f32, and y_copy (may be null) = y in T: dropout_forward_cuda with p = 0, which
+// is exactly this (variant_ops_cuda.h).
+template <typename T>
+void add_into(GpuModel::Impl& m, float* y, T* y_copy, const float* x, std::int64_t n) {
+  dropout_forward_cuda<T>(y, y_copy, y, x, n, Dropout{}, m.stream);
+  mark(m, "residual add");
+}
+
+// The working-precision copy of an f32 activation that no norm writes (no norms, post placement).
+template <typename T>
+void to_working(GpuModel::Impl& m, T* dst, const float* src, std::int64_t n) {
+  convert_cuda<T>(dst, src, n, m.stream);
+  mark(m, "convert");
+}
+
+// The mixture of experts' weights and gradients of layer l.
+template <typename T>
+GpuMoeWeights<T> moe_weights(const GpuModel::Impl& m, std::int64_t l) {
+  return moe_weights_at<T>(m.params_copy.as<T>(), m.copy_offset, m.layout, m.c, l);
+}
+
+// The dense feed-forward's up projections and activation for layer l from its input x (N, C):
+// ab, h (forward, and backward when recomputing). [W1; W3] is one matrix of the working copy: one
+// product; the biases follow it as separate passes.
+template <typename T>
+void ffn_up(GpuModel::Impl& m, std::int64_t l, const T* x, std::int64_t N) {
+  const ModelConfig& c = m.c;
+  const std::int64_t C = c.d_model, F = c.d_ff;
+  const LayerWeights& lw = m.w.layers[l];
+  FfnBuffers& f = ffn_of(m, l);
+  const std::int64_t up = c.gated() ? 2 * F : F;
+  gemm(m.gemm, buf<T>(f.ab), x, working<T>(m, lw.w1), linear_shape(N, C, up), 1.0f, 0.0f, m.stream);
+  if (lw.b1) {
+    bias_forward_cuda<T>(buf<T>(f.ab), lw.b1, N, F, up, m.stream);
+    if (c.gated()) bias_forward_cuda<T>(buf<T>(f.ab) + F, lw.b3, N, F, up, m.stream);
   }
   mark(m, "matmul w1 w3 forward");
-  swiglu_forward_cuda(buf<T>(f.h), buf<T>(f.ab), N, F, m.stream);
-  mark(m, "swiglu forward");
+  if (c.ffn == FfnKind::swiglu) swiglu_forward_cuda(buf<T>(f.h), buf<T>(f.ab), N, F, m.stream);
+  else if (c.gated()) gated_forward_cuda(buf<T>(f.h), buf<T>(f.ab), N, F, c.activation, m.stream);
+  else activation_forward_cuda(buf<T>(f.h), buf<T>(f.ab), N * F, c.activation, m.stream);
+  mark(m, "activation forward");
+}
+
+// The dense feed-forward's backward for layer l: dx (N, C) f32 overwritten with the gradient of
+// its input x, from dy (N, C) (f32, and dy_t its copy in T) the gradient of its output.
+template <typename T>
+void ffn_backward(GpuModel::Impl& m, std::int64_t l, float* dx, const float* dy, const T* dy_t, const T* x,
+                  std::int64_t N) {
+  const ModelConfig& c = m.c;
+  const std::int64_t C = c.d_model, F = c.d_ff;
+  const LayerWeights& lw = m.w.layers[l];
+  const LayerWeights& lg = m.g.layers[l];
+  cudaStream_t s = m.stream;
+  float* partials = buf<float>(m.partials);
+  if (m.o.recompute) ffn_up<T>(m, l, x, N);   // a, b, h of this layer again
+  const FfnBuffers& f = ffn_of(m, l);
+  gemm(m.gemm, buf<T>(m.dh), dy_t, working<T>(m, lw.w2), linear_dx_shape(N, F, C), 1.0f, 0.0f, s);
+  gemm(m.gemm, lg.w2, dy_t, buf<T>(f.h), linear_dw_shape(N, F, C), 1.0f, 1.0f, s);
+  if (lg.b2) bias_backward_cuda<float>(lg.b2, partials, dy, N, C, C, s);
+  mark(m, "matmul w2 backward");
+  T* dab = buf<T>(m.dab);
+  const std::int64_t up = c.gated() ? 2 * F : F;
+  if (c.ffn == FfnKind::swiglu) swiglu_backward_cuda(dab, buf<T>(m.dh), buf<T>(f.ab), N, F, s);
+  else if (c.gated()) gated_backward_cuda(dab, buf<T>(m.dh), buf<T>(f.ab), N, F, c.activation, s);
+  else activation_backward_cuda(dab, buf<T>(m.dh), buf<T>(f.ab), N * F, c.activation, s);
+  mark(m, "activation backward");
+  if (lg.b1) {
+    bias_backward_cuda<T>(lg.b1, partials, dab, N, F, up, s);
+    if (c.gated()) bias_backward_cuda<T>(lg.b3, partials, dab + F, N, F, up, s);
+  }
+  // dx = [da | db] · [W1; W3]
+  gemm(m.gemm, dx, static_cast<const T*>(dab), working<T>(m, lw.w1), linear_dx_shape(N, C, up), 1.0f, 0.0f, s);
+  GemmShape dw = linear_dw_shape(N, C, F);
+  dw.lda = up;
+  gemm(m.gemm, lg.w1, static_cast<const T*>(dab), x, dw, 1.0f, 1.0f, s);
+  if (c.gated()) gemm(m.gemm, lg.w3, static_cast<const T*>(dab + F), x, dw, 1.0f, 1.0f, s);
+  mark(m, "matmul w1 w3 backward");
+}
+
+// The residual update after a sublayer with output y (the CPU's residual_forward): pre placement
+// nothing (y is x_out, x_res added in the product's epilogue); post x_out = n(y) (y = x_res + the
+// output, added the same way); double x_out = x_res + n(y). n: norm1/norm2 (post) or
+// post_attn_norm/post_ffn_norm (double), with its statistics s.
+template <typename T>
+void residual_forward(GpuModel::Impl& m, float* x_out, const float* y, const float* x_res, const NormWeights& n,
+                      NormStats& s, std::int64_t N) {
+  if (m.c.norm_placement == NormPlacement::pre) return;
+  norm_forward<float>(m, x_out, s, y, n, N);
+  if (!post_placement(m.c)) add_into<T>(m, x_out, nullptr, x_res, N * m.c.d_model);
+}
+
+GpuAttentionShape attention_shape(const ModelConfig& c, std::int64_t B, std::int64_t T_, std::int64_t l) {
+  return {.B = B, .T = T_, .H = c.num_heads, .D = c.d_head(), .Hkv = c.kv_heads(), .window = c.layer_window(l),
+          .softcap = static_cast<float>(c.attn_softcap)};
 }
 
 // Forward over ids (B, T) into the activation buffers, then the classifier: losses (N) and, when
-// grad_scale != 0, dlogits over the logits.
+// grad_scale != 0, dlogits over the logits. The CPU's model_forward, step for step.
 template <typename T>
 void forward(GpuModel::Impl& m, const std::int32_t* ids, const std::int32_t* targets, std::int64_t B, std::int64_t T_,
              float grad_scale) {
   const ModelConfig& c = m.c;
-  const std::int64_t N = B * T_, C = c.d_model, F = c.d_ff, V = c.vocab_size, H = c.num_heads, D = c.d_head();
+  const std::int64_t N = B * T_, C = c.d_model, F = c.d_ff, V = c.vocab_size, Q = c.q_width(), K = c.kv_width();
   const std::int64_t L = c.num_layers;
+  const bool pre = c.norm_placement == NormPlacement::pre, post = post_placement(c);
   cudaStream_t s = m.stream;
-  const GpuAttentionShape shape{B, T_, H, D};
-  const bool mma = std::is_same_v<T, Bf16> && attention_mma_supported(D);
+  const bool mma = std::is_same_v<T, Bf16> && attention_mma_supported(c.d_head());
 
-  embedding_forward_cuda(buf<float>(m.resid[0]), ids, m.at(m.params, SpecIndex::embedding()), N, C, s);
+  float* x0 = buf<float>(m.resid[0]);
+  embedding_forward_cuda(x0, ids, m.w.embedding, N, C, s);
+  if (c.position == Position::sinusoidal) position_add_forward_cuda(x0, buf<float>(m.sinusoid), N, T_, 0, C, s);
+  if (c.position == Position::learned) position_add_forward_cuda(x0, m.w.position, N, T_, 0, C, s);
   mark(m, "embedding forward");
   for (std::int64_t l = 0; l < L; ++l) {
     LayerBuffers& a = m.layers[l];
+    const LayerWeights& lw = m.w.layers[l];
     float* x_in = buf<float>(m.resid[2 * l]);
     float* x_mid = buf<float>(m.resid[2 * l + 1]);
     float* x_out = buf<float>(m.resid[2 * l + 2]);
-    // attention sublayer: x_mid = x_in + Wo · attention(rope(Wq ln1), rope(Wk ln1), Wv ln1)
-    rmsnorm_forward_cuda(buf<T>(a.ln1), buf<float>(a.rstd1), x_in, m.at(m.params, SpecIndex::layer(l, kLn1)), N, C, s);
-    mark(m, "rmsnorm forward");
-    gemm(m.gemm, buf<T>(a.qkv), buf<T>(a.ln1), weight<T>(m, SpecIndex::layer(l, kWq)), linear_shape(N, C, 3 * C),
-         1.0f, 0.0f, s);   // q, k, v weights are consecutive in the arena: one (3C, C) matrix
+    const GpuAttentionShape shape = attention_shape(c, B, T_, l);
+    // attention sublayer on ln1 = norm1(x_in) (pre, double) or x_in (post, no norms)
+    if (pre_norms(c)) norm_forward<T>(m, buf<T>(a.ln1), a.norm1, x_in, lw.norm1(), N);
+    else to_working<T>(m, buf<T>(a.ln1), x_in, N * C);
+    // q, k, v weights are consecutive in the working copy: one (Q + 2K, C) matrix
+    gemm(m.gemm, buf<T>(a.qkv), buf<T>(a.ln1), working<T>(m, lw.wq), linear_shape(N, C, Q + 2 * K), 1.0f, 0.0f, s);
+    if (lw.bq) {
+      bias_forward_cuda<T>(buf<T>(a.qkv), lw.bq, N, Q, Q + 2 * K, s);
+      bias_forward_cuda<T>(buf<T>(a.qkv) + Q, lw.bk, N, K, Q + 2 * K, s);
+      bias_forward_cuda<T>(buf<T>(a.qkv) + Q + K, lw.bv, N, K, Q + 2 * K, s);
+    }
     mark(m, "matmul qkv forward");
-    rope_qk_cuda(buf<T>(a.qkv), buf<float>(m.rope_cos), buf<float>(m.rope_sin), shape, RopeDirection::forward, s);
-    mark(m, "rope forward");
+    if (c.qk_norm) {
+      qk_norm_forward_cuda(buf<T>(a.qkv), buf<T>(a.qk_raw), buf<float>(a.rstd_qk), lw.q_norm, lw.k_norm, shape, s);
+      mark(m, "qk-norm forward");
+    }
+    if (c.layer_rope(l)) {
+      rope_qk_cuda(buf<T>(a.qkv), buf<float>(m.rope_cos), buf<float>(m.rope_sin), shape, RopeDirection::forward, s);
+      mark(m, "rope forward");
+    }
     if constexpr (std::is_same_v<T, Bf16>) {
       if (mma) attention_forward_mma(buf<T>(a.attn), buf<float>(a.lse), buf<T>(a.qkv), shape, s);
       else attention_forward_cuda(buf<T>(a.attn), buf<float>(a.lse), buf<T>(a.qkv), shape, s);
@@ -205,92 +350,140 @@ void forward(GpuModel::Impl& m, const std::int32_t* ids, const std::int32_t* tar
       attention_forward_cuda(buf<T>(a.attn), buf<float>(a.lse), buf<T>(a.qkv), shape, s);
     }
     mark(m, "attention forward");
-    gemm(m.gemm, x_mid, buf<T>(a.attn), weight<T>(m, SpecIndex::layer(l, kWo)), linear_shape(N, C, C), 1.0f, 1.0f, s,
-         static_cast<const float*>(x_in));   // + x_in in the epilogue
+    // x_mid = x_in + y (pre) | norm1(x_in + y) (post) | x_in + post_attn_norm(y) (double), with
+    // y = output_proj(attn); pre and post add x_in in the product's epilogue
+    float* attn_y = pre ? x_mid : buf<float>(a.attn_out);
+    const float* attn_res = pre || post ? x_in : nullptr;
+    gemm(m.gemm, attn_y, buf<T>(a.attn), working<T>(m, lw.wo), linear_shape(N, Q, C), 1.0f, attn_res ? 1.0f : 0.0f, s,
+         attn_res);
+    if (lw.bo) bias_forward_cuda<float>(attn_y, lw.bo, N, C, C, s);
     mark(m, "matmul out_proj forward");
-    // feed-forward sublayer: x_out = x_mid + W2 (silu(W1 ln2) ⊙ W3 ln2)
-    rmsnorm_forward_cuda(buf<T>(a.ln2), buf<float>(a.rstd2), x_mid, m.at(m.params, SpecIndex::layer(l, kLn2)), N, C,
-                         s);
-    mark(m, "rmsnorm forward");
-    ffn_up<T>(m, l, N);
-    gemm(m.gemm, x_out, buf<T>(ffn_of(m, l).h), weight<T>(m, SpecIndex::layer(l, kW2)), linear_shape(N, F, C), 1.0f, 1.0f, s,
-         static_cast<const float*>(x_mid));
-    mark(m, "matmul w2 forward");
+    residual_forward<T>(m, x_mid, attn_y, x_in, post ? lw.norm1() : lw.post_attn_norm, post ? a.norm1 : a.post_attn, N);
+    // feed-forward sublayer on ln2 = norm2(x_mid) (serial pre, double), x_mid (post, no norms), or
+    // the attention's input (parallel blocks: x_out = x_in + attn + ffn)
+    const T* ffn_in = buf<T>(a.ln1);
+    if (!c.parallel_block) {
+      if (pre_norms(c)) norm_forward<T>(m, buf<T>(a.ln2), a.norm2, x_mid, lw.norm2(), N);
+      else to_working<T>(m, buf<T>(a.ln2), x_mid, N * C);
+      ffn_in = buf<T>(a.ln2);
+    }
+    float* ffn_y = pre ? x_out : buf<float>(a.ffn_out);
+    const float* ffn_res = pre || post ? x_mid : nullptr;
+    if (c.is_moe()) {
+      moe_forward_cuda<T>(ffn_y, a.moe, m.moe_scratch, ffn_res, ffn_in, moe_weights<T>(m, l), c, N, MoeCapacity::apply,
+                          m.gemm, s);
+      mark(m, "mixture of experts forward");
+    } else {
+      ffn_up<T>(m, l, ffn_in, N);
+      gemm(m.gemm, ffn_y, buf<T>(ffn_of(m, l).h), working<T>(m, lw.w2), linear_shape(N, F, C), 1.0f,
+           ffn_res ? 1.0f : 0.0f, s, ffn_res);
+      if (lw.b2) bias_forward_cuda<float>(ffn_y, lw.b2, N, C, C, s);
+      mark(m, "matmul w2 forward");
+    }
+    residual_forward<T>(m, x_out, ffn_y, x_mid, post ? lw.norm2() : lw.post_ffn_norm, post ? a.norm2 : a.post_ffn, N);
   }
-  rmsnorm_forward_cuda(buf<T>(m.ln_final), buf<float>(m.rstd_final), buf<float>(m.resid[2 * L]),
-                       m.at(m.params, SpecIndex::ln_final(L)), N, C, s);
-  mark(m, "rmsnorm forward");
-  gemm(m.gemm, buf<T>(m.logits), buf<T>(m.ln_final), weight<T>(m, SpecIndex::lm_head(L)), linear_shape(N, C, V), 1.0f,
-       0.0f, s);
+  const float* x_final = buf<float>(m.resid[2 * L]);
+  if (c.has_norms()) norm_forward<T>(m, buf<T>(m.ln_final), m.norm_final, x_final, {m.w.ln_final, m.w.ln_final_bias}, N);
+  else to_working<T>(m, buf<T>(m.ln_final), x_final, N * C);
+  gemm(m.gemm, buf<T>(m.logits), buf<T>(m.ln_final), working<T>(m, m.w.lm_head), linear_shape(N, C, V), 1.0f, 0.0f,
+       s);
   mark(m, "matmul lm_head forward");
-  classifier_cuda(buf<T>(m.logits), buf<float>(m.losses), targets, N, V, grad_scale, s);
+  if (c.z_loss > 0 || c.logit_softcap > 0)
+    classifier_extras_cuda(buf<T>(m.logits), buf<float>(m.losses), static_cast<float*>(nullptr), targets, N, V,
+                           grad_scale,
+                           {.z_loss = static_cast<float>(c.z_loss), .softcap = static_cast<float>(c.logit_softcap)}, s);
+  else
+    classifier_cuda(buf<T>(m.logits), buf<float>(m.losses), targets, N, V, grad_scale, s);
   mark(m, "classifier");
 }
 
-// Backward of the pass forward() just made with grad_scale != 0 (the logits hold dlogits);
-// parameter gradients are accumulated into m.grads.
+// The gradient of a sublayer's output y from dx = dL/dx_out, the residual update's backward (the
+// CPU's residual_backward): pre placement dx itself; post (x_out = n(x_res + y)) n's input
+// gradient, which is also x_res's, so dx becomes it; double (x_out = x_res + n(y)) n's input
+// gradient, dx unchanged. Returns the gradient in f32 and in T.
 template <typename T>
-void backward(GpuModel::Impl& m, const TokenGroups& groups, std::int64_t B, std::int64_t T_) {
+std::pair<const float*, const T*> sublayer_grad(GpuModel::Impl& m, const T* dx_t, const float* y, const NormWeights& n,
+                                                const NormWeights& gn, const NormStats& st, std::int64_t N) {
+  float* dx = buf<float>(m.dresid);
+  if (m.c.norm_placement == NormPlacement::pre) return {dx, dx_t};
+  float* dsub = buf<float>(m.dsub);
+  T* dsub_t = copy_of<T>(m.dsub_t);
+  norm_backward<T>(m, dsub, dsub_t, Accumulate::no, dx, y, n, gn, st, N);
+  if (post_placement(m.c))
+    SLM_CUDA_CHECK(cudaMemcpyAsync(dx, dsub, static_cast<std::size_t>(N * m.c.d_model * 4), cudaMemcpyDeviceToDevice,
+                                   m.stream));
+  if constexpr (std::is_same_v<T, float>) return {dsub, dsub};
+  else return {dsub, dsub_t};
+}
+
+// Backward of the pass forward() just made with grad_scale != 0 (the logits hold dlogits);
+// parameter gradients are accumulated into m.grads. The CPU's model_backward, step for step.
+template <typename T>
+void backward(GpuModel::Impl& m, const TokenGroups& groups, std::int64_t B, std::int64_t T_, float grad_scale) {
   const ModelConfig& c = m.c;
-  const std::int64_t N = B * T_, C = c.d_model, F = c.d_ff, V = c.vocab_size, H = c.num_heads, D = c.d_head();
+  const std::int64_t N = B * T_, C = c.d_model, V = c.vocab_size, Q = c.q_width(), K = c.kv_width();
   const std::int64_t L = c.num_layers;
   cudaStream_t s = m.stream;
-  const GpuAttentionShape shape{B, T_, H, D};
-  const bool mma = std::is_same_v<T, Bf16> && attention_mma_supported(D);
+  const bool mma = std::is_same_v<T, Bf16> && attention_mma_supported(c.d_head());
+  const ModelWeights& w = m.w;
+  const ModelWeights& g = m.g;
   float* dresid = buf<float>(m.dresid);
   // The residual gradient as the matrix products read it: fp32 itself, or its bf16 copy.
-  T* dresid_t = nullptr;
+  T* dresid_t = copy_of<T>(m.dresid_t);
   const T* dres_in = nullptr;
   if constexpr (std::is_same_v<T, float>) dres_in = dresid;
-  else dres_in = dresid_t = buf<T>(m.dresid_t);
+  else dres_in = dresid_t;
   float* dln = buf<float>(m.dln);
-  float* partials = buf<float>(m.norm_partials);
-  auto g = [&](std::size_t spec) { return m.at(m.grads, spec); };
-  auto gain = [&](std::size_t spec) { return m.at(m.params, spec); };
+  float* partials = buf<float>(m.partials);
+  // dresid += x (the gradient of a sublayer's input that no norm took), refreshing its copy
+  auto add_to_dresid = [&](const float* x) { add_into<T>(m, dresid, dresid_t, x, N * C); };
 
   // logits → final norm
   const T* dlogits = buf<T>(m.logits);
-  gemm(m.gemm, dln, dlogits, weight<T>(m, SpecIndex::lm_head(L)), linear_dx_shape(N, C, V), 1.0f, 0.0f, s);
-  gemm(m.gemm, g(SpecIndex::lm_head(L)), dlogits, buf<T>(m.ln_final), linear_dw_shape(N, C, V), 1.0f, 1.0f, s);
+  float* dfinal = c.has_norms() ? dln : dresid;
+  gemm(m.gemm, dfinal, dlogits, working<T>(m, w.lm_head), linear_dx_shape(N, C, V), 1.0f, 0.0f, s);
+  gemm(m.gemm, g.lm_head, dlogits, buf<T>(m.ln_final), linear_dw_shape(N, C, V), 1.0f, 1.0f, s);
   mark(m, "matmul lm_head backward");
-  SLM_CUDA_CHECK(cudaMemsetAsync(dresid, 0, static_cast<std::size_t>(N * C * 4), s));
-  rmsnorm_backward_cuda(dresid, dresid_t, g(SpecIndex::ln_final(L)), partials, dln, buf<float>(m.resid[2 * L]),
-                        gain(SpecIndex::ln_final(L)), buf<float>(m.rstd_final), N, C, s);
-  mark(m, "rmsnorm backward");
+  if (c.has_norms())
+    norm_backward<T>(m, dresid, dresid_t, Accumulate::no, dln, buf<float>(m.resid[2 * L]), {w.ln_final, w.ln_final_bias},
+                     {g.ln_final, g.ln_final_bias}, m.norm_final, N);
+  else if (dresid_t)
+    to_working<T>(m, dresid_t, dresid, N * C);
 
   for (std::int64_t l = L; l-- > 0;) {
     LayerBuffers& a = m.layers[l];
+    const LayerWeights& lw = w.layers[l];
+    const LayerWeights& lg = g.layers[l];
+    const GpuAttentionShape shape = attention_shape(c, B, T_, l);
     // feed-forward sublayer; dresid holds dL/dx_out
-    if (m.o.recompute) ffn_up<T>(m, l, N);   // a, b, h of this layer again
-    const FfnBuffers& f = ffn_of(m, l);
-    gemm(m.gemm, buf<T>(m.dh), dres_in, weight<T>(m, SpecIndex::layer(l, kW2)), linear_dx_shape(N, F, C), 1.0f, 0.0f,
-         s);
-    gemm(m.gemm, g(SpecIndex::layer(l, kW2)), dres_in, buf<T>(f.h), linear_dw_shape(N, F, C), 1.0f, 1.0f, s);
-    mark(m, "matmul w2 backward");
-    swiglu_backward_cuda(buf<T>(m.dab), buf<T>(m.dh), buf<T>(f.ab), N, F, s);
-    mark(m, "swiglu backward");
-    T* dab = buf<T>(m.dab);
-    if constexpr (std::is_same_v<T, Bf16>) {   // dln = [da | db] · [W1; W3]
-      gemm(m.gemm, dln, static_cast<const T*>(dab), weight<T>(m, SpecIndex::layer(l, kW1)),
-           linear_dx_shape(N, C, 2 * F), 1.0f, 0.0f, s);
+    const bool dbl = c.norm_placement == NormPlacement::pre_and_post;
+    const auto [dffn_y, dffn_y_t] =
+        sublayer_grad<T>(m, dres_in, buf<float>(a.ffn_out), dbl ? lw.post_ffn_norm : lw.norm2(),
+                         dbl ? lg.post_ffn_norm : lg.norm2(), dbl ? a.post_ffn : a.norm2, N);
+    const T* ffn_in = buf<T>(c.parallel_block ? a.ln1 : a.ln2);
+    float* dffn_in = c.parallel_block ? buf<float>(m.dln_ffn) : dln;
+    if (c.is_moe()) {
+      moe_backward_cuda<T>(dffn_in, moe_grads_at(m.grads.as<float>(), m.layout, c, l), m.moe_scratch, a.moe, dffn_y_t,
+                           ffn_in, moe_weights<T>(m, l), c,
+                           static_cast<double>(grad_scale) * static_cast<double>(N) * c.moe.aux_loss, m.gemm, s);
+      mark(m, "mixture of experts backward");
     } else {
-      GemmShape half = linear_dx_shape(N, C, F);
-      half.lda = 2 * F;
-      gemm(m.gemm, dln, static_cast<const T*>(dab), weight<T>(m, SpecIndex::layer(l, kW1)), half, 1.0f, 0.0f, s);
-      gemm(m.gemm, dln, static_cast<const T*>(dab + F), weight<T>(m, SpecIndex::layer(l, kW3)), half, 1.0f, 1.0f, s);
+      ffn_backward<T>(m, l, dffn_in, dffn_y, dffn_y_t, ffn_in, N);
     }
-    GemmShape dw = linear_dw_shape(N, C, F);
-    dw.lda = 2 * F;
-    gemm(m.gemm, g(SpecIndex::layer(l, kW1)), static_cast<const T*>(dab), buf<T>(a.ln2), dw, 1.0f, 1.0f, s);
-    gemm(m.gemm, g(SpecIndex::layer(l, kW3)), static_cast<const T*>(dab + F), buf<T>(a.ln2), dw, 1.0f, 1.0f, s);
-    mark(m, "matmul w1 w3 backward");
-    rmsnorm_backward_cuda(dresid, dresid_t, g(SpecIndex::layer(l, kLn2)), partials, dln, buf<float>(m.resid[2 * l + 1]),
-                          gain(SpecIndex::layer(l, kLn2)), buf<float>(a.rstd2), N, C, s);
-    mark(m, "rmsnorm backward");
+    if (!c.parallel_block) {
+      if (pre_norms(c))
+        norm_backward<T>(m, dresid, dresid_t, Accumulate::yes, dln, buf<float>(m.resid[2 * l + 1]), lw.norm2(),
+                         lg.norm2(), a.norm2, N);
+      else
+        add_to_dresid(dln);
+    }
     // attention sublayer; dresid holds dL/dx_mid
-    gemm(m.gemm, buf<T>(m.dattn), dres_in, weight<T>(m, SpecIndex::layer(l, kWo)), linear_dx_shape(N, C, C), 1.0f,
-         0.0f, s);
-    gemm(m.gemm, g(SpecIndex::layer(l, kWo)), dres_in, buf<T>(a.attn), linear_dw_shape(N, C, C), 1.0f, 1.0f, s);
+    const auto [dattn_y, dattn_y_t] =
+        sublayer_grad<T>(m, dres_in, buf<float>(a.attn_out), dbl ? lw.post_attn_norm : lw.norm1(),
+                         dbl ? lg.post_attn_norm : lg.norm1(), dbl ? a.post_attn : a.norm1, N);
+    gemm(m.gemm, buf<T>(m.dattn), dattn_y_t, working<T>(m, lw.wo), linear_dx_shape(N, Q, C), 1.0f, 0.0f, s);
+    gemm(m.gemm, lg.wo, dattn_y_t, buf<T>(a.attn), linear_dw_shape(N, Q, C), 1.0f, 1.0f, s);
+    if (lg.bo) bias_backward_cuda<float>(lg.bo, partials, dattn_y, N, C, C, s);
     mark(m, "matmul out_proj backward");
     if constexpr (std::is_same_v<T, Bf16>) {
       if (mma)
@@ -304,18 +497,42 @@ void backward(GpuModel::Impl& m, const TokenGroups& groups, std::int64_t B, std:
                               buf<float>(a.lse), shape, s);
     }
     mark(m, "attention backward");
-    rope_qk_cuda(buf<T>(m.dqkv), buf<float>(m.rope_cos), buf<float>(m.rope_sin), shape, RopeDirection::inverse, s);
-    mark(m, "rope backward");
-    gemm(m.gemm, dln, buf<T>(m.dqkv), weight<T>(m, SpecIndex::layer(l, kWq)), linear_dx_shape(N, C, 3 * C), 1.0f, 0.0f,
-         s);
-    gemm(m.gemm, g(SpecIndex::layer(l, kWq)), buf<T>(m.dqkv), buf<T>(a.ln1), linear_dw_shape(N, C, 3 * C), 1.0f,
-         1.0f, s);
+    if (c.layer_rope(l)) {
+      rope_qk_cuda(buf<T>(m.dqkv), buf<float>(m.rope_cos), buf<float>(m.rope_sin), shape, RopeDirection::inverse, s);
+      mark(m, "rope backward");
+    }
+    if (c.qk_norm) {
+      qk_norm_backward_cuda(buf<T>(m.dqkv), lg.q_norm, lg.k_norm, partials, buf<T>(a.qk_raw), buf<float>(a.rstd_qk),
+                            lw.q_norm, lw.k_norm, shape, s);
+      mark(m, "qk-norm backward");
+    }
+    const T* dqkv = buf<T>(m.dqkv);
+    const T* attn_in = buf<T>(a.ln1);
+    if (lg.bq) {
+      bias_backward_cuda<T>(lg.bq, partials, dqkv, N, Q, Q + 2 * K, s);
+      bias_backward_cuda<T>(lg.bk, partials, dqkv + Q, N, K, Q + 2 * K, s);
+      bias_backward_cuda<T>(lg.bv, partials, dqkv + Q + K, N, K, Q + 2 * K, s);
+    }
+    gemm(m.gemm, dln, dqkv, working<T>(m, lw.wq), linear_dx_shape(N, C, Q + 2 * K), 1.0f, 0.0f, s);
+    if (lg.wk == lg.wq + Q * C && lg.wv == lg.wk + K * C) {   // consecutive in the arena (no biases): one product
+      gemm(m.gemm, lg.wq, dqkv, attn_in, linear_dw_shape(N, C, Q + 2 * K), 1.0f, 1.0f, s);
+    } else {
+      GemmShape dq = linear_dw_shape(N, C, Q), dkv = linear_dw_shape(N, C, K);
+      dq.lda = dkv.lda = Q + 2 * K;
+      gemm(m.gemm, lg.wq, dqkv, attn_in, dq, 1.0f, 1.0f, s);
+      gemm(m.gemm, lg.wk, dqkv + Q, attn_in, dkv, 1.0f, 1.0f, s);
+      gemm(m.gemm, lg.wv, dqkv + Q + K, attn_in, dkv, 1.0f, 1.0f, s);
+    }
     mark(m, "matmul qkv backward");
-    rmsnorm_backward_cuda(dresid, dresid_t, g(SpecIndex::layer(l, kLn1)), partials, dln, buf<float>(m.resid[2 * l]),
-                          gain(SpecIndex::layer(l, kLn1)), buf<float>(a.rstd1), N, C, s);
-    mark(m, "rmsnorm backward");
+    if (c.parallel_block) add_into<T>(m, dln, nullptr, buf<float>(m.dln_ffn), N * C);   // ln1 feeds both sublayers
+    if (pre_norms(c))
+      norm_backward<T>(m, dresid, dresid_t, Accumulate::yes, dln, buf<float>(m.resid[2 * l]), lw.norm1(), lg.norm1(),
+                       a.norm1, N);
+    else
+      add_to_dresid(dln);
   }
-  embedding_backward_cuda(g(SpecIndex::embedding()), dresid, groups, std::min(N, V), C, s);
+  if (c.position == Position::learned) position_add_backward_cuda(g.position, dresid, N, T_, 0, C, s);
+  embedding_backward_cuda(g.embedding, dresid, groups, std::min(N, V), C, s);
   mark(m, "embedding backward");
 }
 
@@ -346,24 +563,30 @@ void record_step(GpuModel::Impl& m) {
     forward<T>(m, in, in + N, B, T_, scale);
     sum_into_cuda(&stats->loss, buf<float>(m.losses), N, 1.0 / static_cast<double>(N * m.o.grad_accum), s);
     mark(m, "classifier");
-    backward<T>(m, groups_of(in, N), B, T_);
+    backward<T>(m, groups_of(in, N), B, T_, scale);
   }
-  T* copy = nullptr;
-  if constexpr (std::is_same_v<T, Bf16>) copy = m.params_copy.as<T>();
-  optimizer_step_cuda<T>(m.params.as<float>(), copy, m.grads.as<float>(), m.m.as<float>(), m.v.as<float>(),
+  optimizer_step_cuda<T>(m.params.as<float>(), m.params_copy.as<T>(), m.grads.as<float>(), m.m.as<float>(), m.v.as<float>(),
                          m.layout.total, m.chunks.as<AdamWChunk>(), m.num_chunks, m.opt_scratch.as<double>(), stats,
                          m.input_index(), m.opt, s);
   mark(m, "optimizer (norm, clip, AdamW)");
   SLM_CUDA_CHECK(cudaMemcpyAsync(m.stats_host->ptr, stats, sizeof(GpuStepStats), cudaMemcpyDeviceToHost, s));
 }
 
-// Logits (rows × V) of the working precision, as floats on the host.
-void download_logits(const GpuModel::Impl& m, std::int64_t first_row, std::int64_t rows, float* out) {
+// Logits (rows × V) of the working precision, as floats on the host; with "logit_softcap" the
+// capped values the model's distribution uses (the classifier caps on the fly, leaving the raw
+// products in place).
+void download_logits(GpuModel::Impl& m, std::int64_t first_row, std::int64_t rows, float* out) {
   const std::int64_t V = m.c.vocab_size, n = rows * V;
+  auto cap = [&](auto* logits) {
+    if (m.c.logit_softcap > 0) softcap_cuda(logits + first_row * V, n, static_cast<float>(m.c.logit_softcap), m.stream);
+    SLM_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  };
   if (m.o.precision == GpuPrecision::fp32) {
+    cap(m.logits.as<float>());
     copy_from_gpu(out, m.logits.as<float>() + first_row * V, n * 4);
     return;
   }
+  cap(m.logits.as<Bf16>());
   std::vector<Bf16> tmp(static_cast<std::size_t>(n));
   copy_from_gpu(tmp.data(), m.logits.as<Bf16>() + first_row * V, n * 2);
   for (std::int64_t i = 0; i < n; ++i) out[i] = to_float(tmp[i]);
@@ -372,18 +595,17 @@ void download_logits(const GpuModel::Impl& m, std::int64_t first_row, std::int64
 }  // namespace
 
 GpuModel::GpuModel(const ModelConfig& c, const GpuModelOptions& o) : impl_(std::make_unique<Impl>()) {
-  if (!c.is_default_architecture())
-    fail("the GPU path has the CS336 architecture only so far (model fields \"ffn\", \"position\", \"tie_embeddings\", "
-         "\"z_loss\", \"logit_softcap\", \"qk_norm\", \"block\", \"num_kv_heads\", \"head_dim\", \"attention_window\", "
-         "\"attn_softcap\", \"dropout\", \"attention_dropout\", \"norm\", \"norm_placement\", \"bias\", \"moe\" at "
-         "their defaults; this model sets ",
-         to_json(c).dump(), "); train it on the CPU with --device cpu");
+  if (const std::string fields = gpu_unsupported_fields(c); !fields.empty())
+    fail("the GPU path does not implement model field ", fields, " (as this model sets it: ", to_json(c).dump(),
+         "); train it on the CPU with --device cpu");
+  if (c.is_moe()) moe_check_supported_cuda(c);
   Impl& m = *impl_;
   m.c = c;
   m.o = o;
   m.layout = param_layout(c);
   const std::int64_t B = o.batch, T_ = c.context_length, N = B * T_, C = c.d_model, F = c.d_ff, V = c.vocab_size,
-                     H = c.num_heads, L = c.num_layers;
+                     H = c.num_heads, L = c.num_layers, D = c.d_head(), Q = c.q_width(), K = c.kv_width(),
+                     Hkv = c.kv_heads();
   m.N = N;
   m.elem = o.precision == GpuPrecision::bf16 ? 2 : 4;
   const std::int64_t e = m.elem, P = m.layout.total;
@@ -391,22 +613,36 @@ GpuModel::GpuModel(const ModelConfig& c, const GpuModelOptions& o) : impl_(std::
   SLM_CUDA_CHECK(cudaEventCreateWithFlags(&m.done, cudaEventDisableTiming));
 
   m.params = GpuBuffer(P * 4);
-  if (o.precision == GpuPrecision::bf16) {
-    m.params_copy = GpuBuffer(P * 2);
-    // The arena's order, with each layer's w3 moved in front of its w2.
-    m.copy_offset.resize(m.layout.specs.size());
-    std::int64_t next = 0;
-    auto place = [&](std::size_t spec) {
-      m.copy_offset[spec] = next;
-      next += m.layout.specs[spec].numel();
-    };
-    place(SpecIndex::embedding());
-    for (std::int64_t l = 0; l < L; ++l)
-      for (int k : {kLn1, kWq, kWk, kWv, kWo, kLn2, kW1, kW3, kW2}) place(SpecIndex::layer(l, k));
-    place(SpecIndex::ln_final(L));
-    place(SpecIndex::lm_head(L));
-    SLM_CHECK(next == P);
+  m.params_copy = GpuBuffer(P * e);
+  // The copy's order: the arena's, with k_proj and v_proj right after each q_proj and each w3
+  // right after its w1 (the experts' too).
+  const std::vector<ParamSpec>& specs = m.layout.specs;
+  m.copy_offset.assign(specs.size(), -1);
+  std::int64_t next = 0;
+  auto place = [&](std::size_t k) {
+    m.copy_offset[k] = next;
+    m.copy_at[specs[k].offset] = next;
+    next += specs[k].numel();
+  };
+  auto ends_with = [](const std::string& s, const std::string& tail) {
+    return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  for (std::size_t k = 0; k < specs.size(); ++k) {
+    if (m.copy_offset[k] >= 0) continue;
+    place(k);
+    const std::string& name = specs[k].name;
+    const std::string q = "attn.q_proj.weight", w1 = "w1.weight";
+    if (ends_with(name, q)) {
+      const std::string stem = name.substr(0, name.size() - q.size()) + "attn.";
+      place(m.layout.index.at(stem + "k_proj.weight"));
+      place(m.layout.index.at(stem + "v_proj.weight"));
+    } else if (ends_with(name, w1)) {
+      const auto w3 = m.layout.index.find(name.substr(0, name.size() - w1.size()) + "w3.weight");
+      if (w3 != m.layout.index.end()) place(w3->second);
+    }
   }
+  SLM_CHECK(next == P);
+  m.w = model_weights(m.layout, m.params.as<float>());
   if (o.with_backward) {
     m.grads = GpuBuffer(P * 4);
     m.m = GpuBuffer(P * 4);
@@ -414,40 +650,71 @@ GpuModel::GpuModel(const ModelConfig& c, const GpuModelOptions& o) : impl_(std::
     SLM_CUDA_CHECK(cudaMemset(m.grads.data(), 0, static_cast<std::size_t>(P * 4)));
     SLM_CUDA_CHECK(cudaMemset(m.m.data(), 0, static_cast<std::size_t>(P * 4)));
     SLM_CUDA_CHECK(cudaMemset(m.v.data(), 0, static_cast<std::size_t>(P * 4)));
+    m.g = model_weights(m.layout, m.grads.as<float>());
   }
-  const RopeTable rope = make_rope_table(c.rope_theta, c.d_head(), T_);
-  m.rope_cos = GpuBuffer(static_cast<std::int64_t>(rope.cos.size()) * 4);
-  m.rope_sin = GpuBuffer(static_cast<std::int64_t>(rope.sin.size()) * 4);
-  copy_to_gpu(m.rope_cos.data(), rope.cos.data(), m.rope_cos.bytes());
-  copy_to_gpu(m.rope_sin.data(), rope.sin.data(), m.rope_sin.bytes());
+  auto upload = [](const std::vector<float>& host) {
+    GpuBuffer b(static_cast<std::int64_t>(host.size()) * 4);
+    copy_to_gpu(b.data(), host.data(), b.bytes());
+    return b;
+  };
+  const RopeTable rope = make_rope_table(c.rope_theta, D, T_);
+  m.rope_cos = upload(rope.cos);
+  m.rope_sin = upload(rope.sin);
+  if (c.position == Position::sinusoidal) m.sinusoid = upload(sinusoidal_table(T_, C));
 
+  const bool layernorm = c.norm == Norm::layernorm;
+  auto norm_stats = [&] { return NormStats{layernorm ? GpuBuffer(N * 4) : GpuBuffer(), GpuBuffer(N * 4)}; };
+  const std::int64_t up = c.gated() ? 2 * F : F;
   for (std::int64_t i = 0; i <= 2 * L; ++i) m.resid.emplace_back(N * C * 4);
   m.layers.resize(static_cast<std::size_t>(L));
   for (LayerBuffers& a : m.layers) {
     a.ln1 = GpuBuffer(N * C * e);
-    a.rstd1 = GpuBuffer(N * 4);
-    a.qkv = GpuBuffer(N * 3 * C * e);
-    a.attn = GpuBuffer(N * C * e);
+    if (c.has_norms()) a.norm1 = norm_stats();
+    a.qkv = GpuBuffer(N * (Q + 2 * K) * e);
+    if (c.qk_norm) {
+      a.qk_raw = GpuBuffer(N * (Q + K) * e);
+      a.rstd_qk = GpuBuffer(N * (H + Hkv) * 4);
+    }
+    a.attn = GpuBuffer(N * Q * e);
     a.lse = GpuBuffer(B * H * T_ * 4);
-    a.ln2 = GpuBuffer(N * C * e);
-    a.rstd2 = GpuBuffer(N * 4);
-    if (!o.recompute) a.ffn = {GpuBuffer(N * 2 * F * e), GpuBuffer(N * F * e)};
+    if (c.norm_placement != NormPlacement::pre) {
+      a.attn_out = GpuBuffer(N * C * 4);
+      a.ffn_out = GpuBuffer(N * C * 4);
+    }
+    if (c.norm_placement == NormPlacement::pre_and_post) {
+      a.post_attn = norm_stats();
+      a.post_ffn = norm_stats();
+    }
+    if (!c.parallel_block) {
+      a.ln2 = GpuBuffer(N * C * e);
+      if (c.has_norms()) a.norm2 = norm_stats();
+    }
+    if (c.is_moe()) a.moe = GpuMoeSaved(c, N, e, MoeCapacity::apply);
+    else if (!o.recompute) a.ffn = {GpuBuffer(N * up * e), GpuBuffer(N * F * e)};
   }
-  if (o.recompute) m.ffn_shared = {GpuBuffer(N * 2 * F * e), GpuBuffer(N * F * e)};
+  if (c.is_moe()) m.moe_scratch = GpuMoeScratch(c, N, e, MoeCapacity::apply, o.with_backward);
+  else if (o.recompute) m.ffn_shared = {GpuBuffer(N * up * e), GpuBuffer(N * F * e)};
   m.ln_final = GpuBuffer(N * C * e);
-  m.rstd_final = GpuBuffer(N * 4);
+  if (c.has_norms()) m.norm_final = norm_stats();
   m.logits = GpuBuffer(N * V * e);
   m.losses = GpuBuffer(N * 4);
   if (o.with_backward) {
     m.dresid = GpuBuffer(N * C * 4);
     if (o.precision == GpuPrecision::bf16) m.dresid_t = GpuBuffer(N * C * e);
     m.dln = GpuBuffer(N * C * 4);
-    m.dattn = GpuBuffer(N * C * e);
-    m.dqkv = GpuBuffer(N * 3 * C * e);
-    m.dh = GpuBuffer(N * F * e);
-    m.dab = GpuBuffer(N * 2 * F * e);
+    if (c.parallel_block) m.dln_ffn = GpuBuffer(N * C * 4);
+    if (c.norm_placement != NormPlacement::pre) {
+      m.dsub = GpuBuffer(N * C * 4);
+      if (o.precision == GpuPrecision::bf16) m.dsub_t = GpuBuffer(N * C * e);
+    }
+    m.dattn = GpuBuffer(N * Q * e);
+    m.dqkv = GpuBuffer(N * (Q + 2 * K) * e);
+    if (!c.is_moe()) {
+      m.dh = GpuBuffer(N * F * e);
+      m.dab = GpuBuffer(N * up * e);
+    }
     m.delta = GpuBuffer(B * H * T_ * 4);
-    m.norm_partials = GpuBuffer(kRmsnormPartials * C * 4);
+    m.partials = GpuBuffer(kRmsnormPartials * std::max({C, Q, F, 2 * D}) * 4);
     m.opt_scratch = GpuBuffer(kOptimizerScratch * 8);
   }
   m.input = GpuBuffer(m.input_bytes());
@@ -470,12 +737,13 @@ const ParamLayout& GpuModel::layout() const { return impl_->layout; }
 void GpuModel::set_params(const float* params) {
   Impl& m = *impl_;
   copy_to_gpu(m.params.data(), params, m.params.bytes());
-  if (m.o.precision == GpuPrecision::bf16) {
-    for (std::size_t k = 0; k < m.layout.specs.size(); ++k)
-      convert_cuda(m.params_copy.as<Bf16>() + m.copy_offset[k], m.params.as<float>() + m.layout.specs[k].offset,
-                   m.layout.specs[k].numel(), m.stream);
-    SLM_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  for (std::size_t k = 0; k < m.layout.specs.size(); ++k) {
+    const float* src = m.params.as<float>() + m.layout.specs[k].offset;
+    const std::int64_t n = m.layout.specs[k].numel();
+    if (m.o.precision == GpuPrecision::bf16) convert_cuda(m.params_copy.as<Bf16>() + m.copy_offset[k], src, n, m.stream);
+    else convert_cuda(m.params_copy.as<float>() + m.copy_offset[k], src, n, m.stream);
   }
+  SLM_CUDA_CHECK(cudaStreamSynchronize(m.stream));
 }
 
 void GpuModel::get_params(float* params) const { copy_from_gpu(params, impl_->params.data(), impl_->params.bytes()); }
@@ -548,10 +816,10 @@ double GpuModel::forward_backward(const std::int32_t* ids, const std::int32_t* t
   const float scale = loss_scale / static_cast<float>(N);
   if (m.o.precision == GpuPrecision::bf16) {
     scratchlm::forward<Bf16>(m, in, in + N, B, T_, scale);
-    backward<Bf16>(m, groups_of(in, N), B, T_);
+    backward<Bf16>(m, groups_of(in, N), B, T_, scale);
   } else {
     scratchlm::forward<float>(m, in, in + N, B, T_, scale);
-    backward<float>(m, groups_of(in, N), B, T_);
+    backward<float>(m, groups_of(in, N), B, T_, scale);
   }
   return mean_loss(m, N);
 }
@@ -673,12 +941,16 @@ std::string GpuModel::memory_plan() const {
   };
   double saved = 0;
   for (const GpuBuffer& r : m.resid) saved += static_cast<double>(r.bytes());
+  auto stats = [&](const NormStats& n) { return sum({&n.mean, &n.rstd}); };
   for (const LayerBuffers& a : m.layers)
-    saved += sum({&a.ln1, &a.rstd1, &a.qkv, &a.attn, &a.lse, &a.ln2, &a.rstd2, &a.ffn.ab, &a.ffn.h});
-  saved += sum({&m.ffn_shared.ab, &m.ffn_shared.h});
-  saved += sum({&m.ln_final, &m.rstd_final, &m.losses});
-  const double scratch = sum({&m.dresid, &m.dresid_t, &m.dln, &m.dattn, &m.dqkv, &m.dh, &m.dab, &m.delta,
-                              &m.norm_partials});
+    saved += sum({&a.ln1, &a.qkv, &a.qk_raw, &a.rstd_qk, &a.attn, &a.lse, &a.attn_out, &a.ffn_out, &a.ln2, &a.ffn.ab,
+                  &a.ffn.h}) +
+             stats(a.norm1) + stats(a.post_attn) + stats(a.post_ffn) + stats(a.norm2) +
+             static_cast<double>(m.c.is_moe() ? a.moe.bytes() : 0);
+  saved += sum({&m.ffn_shared.ab, &m.ffn_shared.h, &m.ln_final, &m.losses}) + stats(m.norm_final);
+  const double scratch = sum({&m.dresid, &m.dresid_t, &m.dln, &m.dln_ffn, &m.dsub, &m.dsub_t, &m.dattn, &m.dqkv,
+                              &m.dh, &m.dab, &m.delta, &m.partials}) +
+                         static_cast<double>(m.c.is_moe() ? m.moe_scratch.bytes() : 0);
   return str("memory plan (GPU, ", precision_name(m.o.precision), "): parameters fp32 ",
              human_bytes(static_cast<double>(m.params.bytes())), " + working copy ",
              human_bytes(static_cast<double>(m.params_copy.bytes())), ", gradients ",
