@@ -12,6 +12,7 @@
 #   wgmma   bench/attention/wgmma_lab.sh: the staged wgmma attention lab (needs only
 #           build/scratchlm_wgmma_lab, or the staged build; see bench/attention/WGMMA_NOTES.md).
 #           WGMMA_STAGES=info,gemm,bwd,btime (say) runs some of its stages (default: all).
+#   variants bench/train_gpu/variants.sh: the issue-6 variants' training tokens/s against the default.
 #   generate the GPU decoder's tests (GpuDecodeKernels.*, GpuDecoder.*, GenerateCommand.*), then
 #           bench/generate/run.sh with the time per kernel (PROFILE=1): ours against torch_decode.py
 #           and Hugging Face generate; logs in $OUT/generate/ (tests.log, gpu_tests.log, bench.log).
@@ -68,6 +69,10 @@ if [[ ",$what," == *,generate,* && ",$gen_parts," == *,bench,* ]]; then
   mkdir -p "$out/generate"
   PROFILE=1 bench/generate/run.sh > "$out/generate/bench.log" 2>&1 || status=1
   sed -n '/^device-to-device/,$p' "$out/generate/bench.log"
+fi
+if [[ ",$what," == *,variants,* ]]; then
+  bench/train_gpu/variants.sh > "$out/variants.log" 2>&1 || status=1
+  sed -n '/^variant /,$p' "$out/variants.log"
 fi
 if [[ ",$what," == *,ttl,* ]]; then
   bench/train_gpu/time_to_loss.sh 2>&1 | tee "$out/ttl.log" | tail -12 || status=1

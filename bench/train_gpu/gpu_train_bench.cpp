@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "model/accounting.h"
 #include "model/config.h"
 #include "model/gpu_model.h"
 #include "model/params.h"
@@ -101,7 +102,9 @@ int main(int argc, char** argv) {
     nlohmann::ordered_json out = {
         {"config", std::string(argv[1])}, {"mode", "scratchlm-" + precision + (recompute ? "-recompute" : "")}, {"ms_per_step", median},
         {"ms_per_step_mean", total_ms / steps}, {"tokens_per_s", std::round(tokens_per_s)},
-        {"mfu_vs_989", peer_flops_per_token(c) * tokens_per_s / 989e12}, {"loss", loss},
+        {"mfu_vs_989", peer_flops_per_token(c) * tokens_per_s / 989e12},
+        // the model's own training FLOPs (accounting.h: every variant, the window's band, the routed experts)
+        {"model_tflops", train_flops_per_token(c, c.context_length) * tokens_per_s / 1e12}, {"loss", loss},
         {"max_mem_gb", static_cast<double>(gpu_buffer_peak_bytes()) / (1ull << 30)},
         {"gpu", cuda_device_description(0)}};
     std::printf("%s\n", out.dump().c_str());
