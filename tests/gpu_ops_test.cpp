@@ -397,8 +397,8 @@ AttentionResult run_gpu_attention(AttentionKernel kernel, const std::vector<floa
   GpuBuffer d_qkv = upload<T>(qkv), d_dout = upload<T>(dout);
   // Poisoned outputs: every element must be written.
   GpuBuffer d_out = upload<T>(std::vector<float>(N * C, NAN)), d_lse = upload<float>(std::vector<float>(B * H * Tn, NAN));
-  GpuBuffer d_dqkv = upload<T>(std::vector<float>(N * 3 * C, NAN)), d_delta(B * H * Tn * 4);
   const GpuAttentionShape s{B, Tn, H, D};
+  GpuBuffer d_dqkv = upload<T>(std::vector<float>(N * 3 * C, NAN)), d_delta(attention_backward_scratch_floats(s) * 4);
   if constexpr (std::is_same_v<T, Bf16>) {
     if (kernel == AttentionKernel::tensor_cores) {
       attention_forward_mma(d_out.as<Bf16>(), d_lse.as<float>(), d_qkv.as<Bf16>(), s, nullptr);
@@ -538,20 +538,29 @@ TEST(GpuAttention, TensorCoreKernelsAtRaggedShapesAndRepeatably) {
   }
 }
 
+// Restores SCRATCHLM_ATTENTION (set or unset) when the test that changes it ends.
+struct KeepAttentionVariable {
+  const char* saved = std::getenv("SCRATCHLM_ATTENTION");
+  const std::string value = saved ? saved : "";
+  ~KeepAttentionVariable() {
+    if (saved) setenv("SCRATCHLM_ATTENTION", value.c_str(), 1);
+    else unsetenv("SCRATCHLM_ATTENTION");
+  }
+};
+
 // The Hopper forward (wgmma + TMA) against the mma.sync forward on the same inputs, at ragged
 // shapes (T = 1, less than a tile, one past 192, several tiles) for both of its head dims. Both
 // round P to bf16 for P V and store bf16 outputs, from fp32 sums in different orders (and
 // different running maxima): elements a few ulps apart. Bound per element: 2^-5·|mma| + 2^-8 (the
 // lab's, which the forward met at 13 shapes on the H200) plus one bf16 ulp of the value, 2^-7·|mma|;
 // an indexing or layout error is O(1). lse is fp32 arithmetic on fp32 sums: within 1e-4. Also: the
-// entry point attention_forward_mma dispatches to the wgmma kernel with SCRATCHLM_ATTENTION=auto
-// (bit-identical results), and to mma.sync with it unset or "mma". Skips off Hopper (the kernel needs an sm_90 device).
+// entry point attention_forward_mma dispatches to the wgmma kernel with SCRATCHLM_ATTENTION unset
+// or "auto" (bit-identical results), and to mma.sync with it "mma". Skips off Hopper (the kernel needs an sm_90 device).
 TEST(GpuAttention, WgmmaForwardMatchesMmaSyncAtRaggedShapes) {
   SLM_REQUIRE_GPU();
   if (!attention_wgmma_supported({.B = 1, .T = 1, .H = 1, .D = 64}))
     GTEST_SKIP() << "the wgmma attention forward needs an sm_90 (Hopper) device";
-  const char* saved = std::getenv("SCRATCHLM_ATTENTION");
-  const std::string saved_value = saved ? saved : "";
+  const KeepAttentionVariable keep;
   for (std::int64_t D : {64, 128})
     for (auto [B, Tn, H] : std::vector<std::array<std::int64_t, 3>>{{1, 1, 1}, {2, 100, 3}, {1, 193, 2}, {2, 700, 1}}) {
       const GpuAttentionShape s{.B = B, .T = Tn, .H = H, .D = D};
@@ -583,16 +592,86 @@ TEST(GpuAttention, WgmmaForwardMatchesMmaSyncAtRaggedShapes) {
       const auto [forced_out, forced_lse] = run(attention_forward_mma);
       EXPECT_EQ(forced_out, mma_out) << shape << ": SCRATCHLM_ATTENTION=mma runs mma.sync";
       unsetenv("SCRATCHLM_ATTENTION");
-      EXPECT_EQ(run(attention_forward_mma).first, mma_out) << shape << ": unset runs mma.sync (for now)";
+      EXPECT_EQ(run(attention_forward_mma).first, wg_out) << shape << ": unset runs the wgmma kernel";
     }
-  if (saved) setenv("SCRATCHLM_ATTENTION", saved_value.c_str(), 1);
-  else unsetenv("SCRATCHLM_ATTENTION");
+}
+
+// The Hopper backward (wgmma + TMA, attention_wgmma_bwd.cuh) against the mma.sync backward on the
+// same inputs and the same forward outputs (out, lse), at ragged shapes for both of its head dims:
+// each gradient's error against the CPU's exact result at most twice mma.sync's (both round P and
+// dS to bf16 for their products and store bf16 gradients, from fp32 sums in different orders; the
+// lab measured ratios near 1 at 22 shapes on an H200) plus 1e-6 (T = 1: dq and dk are exactly 0,
+// so their root-mean-square difference from the CPU's, within 1e-3). Every element is written (poisoned beforehand),
+// results repeat bit for bit, and attention_backward_mma dispatches to it unless SCRATCHLM_ATTENTION=mma.
+TEST(GpuAttention, WgmmaBackwardMatchesMmaSyncAtRaggedShapes) {
+  SLM_REQUIRE_GPU();
+  if (!attention_wgmma_supported({.B = 1, .T = 1, .H = 1, .D = 64}))
+    GTEST_SKIP() << "the wgmma attention backward needs an sm_90 (Hopper) device";
+  const KeepAttentionVariable keep;
+  for (std::int64_t D : {64, 128})
+    for (auto [B, Tn, H] :
+         std::vector<std::array<std::int64_t, 3>>{{1, 1, 1}, {2, 100, 3}, {1, 193, 2}, {2, 700, 1}, {1, 1000, 2}}) {
+      const GpuAttentionShape s{.B = B, .T = Tn, .H = H, .D = D};
+      ASSERT_TRUE(attention_wgmma_supported(s));
+      const std::int64_t n = B * Tn * H * D, C = H * D, N = B * Tn;
+      const auto q = round_bf16(randn(n, 50 + Tn)), k = round_bf16(randn(n, 51 + Tn)), v = round_bf16(randn(n, 52 + Tn)),
+                 dout = round_bf16(randn(n, 53 + Tn));
+      const AttentionResult ref = cpu_attention(q, k, v, dout, B, Tn, H, D);
+      std::vector<float> qkv(N * 3 * C);
+      for (std::int64_t t = 0; t < N; ++t)
+        for (std::int64_t c = 0; c < C; ++c) {
+          qkv[t * 3 * C + c] = q[t * C + c];
+          qkv[t * 3 * C + C + c] = k[t * C + c];
+          qkv[t * 3 * C + 2 * C + c] = v[t * C + c];
+        }
+      GpuBuffer d_qkv = upload<Bf16>(qkv), d_dout = upload<Bf16>(dout), d_out(N * C * 2), d_lse(B * H * Tn * 4);
+      attention_forward_mma_sync(d_out.as<Bf16>(), d_lse.as<float>(), d_qkv.as<Bf16>(), s, nullptr);
+      auto run = [&](auto backward) {
+        GpuBuffer d_dqkv = upload<Bf16>(std::vector<float>(N * 3 * C, NAN)),
+                  d_scratch = upload<float>(std::vector<float>(attention_backward_scratch_floats(s), NAN));
+        backward(d_dqkv.as<Bf16>(), d_scratch.as<float>(), d_dout.as<Bf16>(), d_qkv.as<Bf16>(), d_out.as<Bf16>(),
+                 d_lse.as<float>(), s, nullptr);
+        return download<Bf16>(d_dqkv, N * 3 * C);
+      };
+      // the error of each part (q, k, v) of dqkv against the CPU's gradient
+      auto part_errors = [&](const std::vector<float>& dqkv) {
+        std::array<std::vector<float>, 3> parts;
+        for (auto& p : parts) p.resize(N * C);
+        for (std::int64_t t = 0; t < N; ++t)
+          for (int p = 0; p < 3; ++p)
+            for (std::int64_t c = 0; c < C; ++c) parts[p][t * C + c] = dqkv[t * 3 * C + p * C + c];
+        // T = 1: dq and dk are exactly 0 (dS = P (dP − delta) cancels), and the CPU's are rounding
+        // residue; compare them absolutely (root mean square of the difference)
+        auto err = [&](const std::vector<float>& got, const std::vector<float>& want) {
+          if (Tn > 1) return rel(got, want);
+          double sum = 0;
+          for (std::size_t i = 0; i < got.size(); ++i) sum += (got[i] - want[i]) * static_cast<double>(got[i] - want[i]);
+          return std::sqrt(sum / static_cast<double>(got.size()));
+        };
+        return std::array<double, 3>{err(parts[0], ref.dq), err(parts[1], ref.dk), rel(parts[2], ref.dv)};
+      };
+      const auto wg = run(attention_backward_wgmma);
+      const auto mma = run(attention_backward_mma_sync);
+      const auto wg_err = part_errors(wg), mma_err = part_errors(mma);
+      const std::string shape = test_shape(B, Tn, H, D);
+      std::printf("  %s: wgmma dq %.2e dk %.2e dv %.2e | mma.sync dq %.2e dk %.2e dv %.2e\n", shape.c_str(), wg_err[0],
+                  wg_err[1], wg_err[2], mma_err[0], mma_err[1], mma_err[2]);
+      for (int p = 0; p < 3; ++p) {
+        if (Tn == 1 && p < 2) EXPECT_LE(wg_err[p], 1e-3) << shape << " d" << "qkv"[p];
+        else EXPECT_LE(wg_err[p], 2 * mma_err[p] + 1e-6) << shape << " d" << "qkv"[p];
+      }
+      EXPECT_EQ(run(attention_backward_wgmma), wg) << shape << ": results repeat bit for bit";
+      unsetenv("SCRATCHLM_ATTENTION");
+      EXPECT_EQ(run(attention_backward_mma), wg) << shape << ": unset runs the wgmma kernel";
+      setenv("SCRATCHLM_ATTENTION", "mma", 1);
+      EXPECT_EQ(run(attention_backward_mma), mma) << shape << ": SCRATCHLM_ATTENTION=mma runs mma.sync";
+      unsetenv("SCRATCHLM_ATTENTION");
+    }
 }
 
 // A wrong SCRATCHLM_ATTENTION is an error naming the variable, before any CUDA call (no GPU needed).
 TEST(GpuAttention, BadAttentionKernelVariableIsAnError) {
-  const char* saved = std::getenv("SCRATCHLM_ATTENTION");
-  const std::string saved_value = saved ? saved : "";
+  const KeepAttentionVariable keep;
   setenv("SCRATCHLM_ATTENTION", "flash9", 1);
   std::string message;
   try {
@@ -600,8 +679,6 @@ TEST(GpuAttention, BadAttentionKernelVariableIsAnError) {
   } catch (const Error& e) {
     message = e.what();
   }
-  if (saved) setenv("SCRATCHLM_ATTENTION", saved_value.c_str(), 1);
-  else unsetenv("SCRATCHLM_ATTENTION");
   EXPECT_NE(message.find("SCRATCHLM_ATTENTION"), std::string::npos) << message;
 }
 
@@ -721,7 +798,7 @@ QkvResult run_variant(AttentionKernel kernel, const std::vector<float>& qkv, con
   const std::int64_t N = s.B * s.T, C = s.H * s.D, BHT = s.B * s.H * s.T;
   GpuBuffer d_qkv = upload<T>(qkv), d_dout = upload<T>(dout);
   GpuBuffer d_out = upload<T>(std::vector<float>(N * C, NAN)), d_lse = upload<float>(std::vector<float>(BHT, NAN));
-  GpuBuffer d_dqkv = upload<T>(std::vector<float>(qkv.size(), NAN)), d_delta = upload<float>(std::vector<float>(BHT, NAN));
+  GpuBuffer d_dqkv = upload<T>(std::vector<float>(qkv.size(), NAN)), d_delta = upload<float>(std::vector<float>(attention_backward_scratch_floats(s), NAN));
   if (kernel == AttentionKernel::tensor_cores) {
     if constexpr (std::is_same_v<T, Bf16>) {
       attention_forward_mma(d_out.as<Bf16>(), d_lse.as<float>(), d_qkv.as<Bf16>(), s, nullptr);

@@ -92,7 +92,7 @@ int main() {
   for (const GpuAttentionShape& s : shapes) {
     const std::int64_t N = s.B * s.T, C = s.H * s.D, row = s.qkv_row(), BHT = s.B * s.H * s.T;
     GpuBuffer qkv = random_bf16(N * row, 1), dout = random_bf16(N * C, 2);
-    GpuBuffer out(N * C * 2), dqkv(N * row * 2), lse(BHT * 4), delta(BHT * 4);
+    GpuBuffer out(N * C * 2), dqkv(N * row * 2), lse(BHT * 4), delta(attention_backward_scratch_floats(s) * 4);
     const double fwd = median_ms([&] {
       attention_forward_mma(out.as<Bf16>(), lse.as<float>(), qkv.as<Bf16>(), s, nullptr);
     });

@@ -1550,9 +1550,9 @@ int stage_bwd(const std::string& only) {
           std::vector<Bf16> mg;
           if (causal) {   // the library's mma backward on the same inputs (the same out, lse)
             LAB_CUDA(cudaMemset(theirs.p, 0xFF, theirs.bytes()));
-            scratchlm::attention_backward_mma(theirs.p, delta.p, dout.p, qkv.p, out.p, lse.p,
-                                              scratchlm::GpuAttentionShape{B, T, H, D}, nullptr);
-            sync_or_throw("attention_backward_mma");
+            scratchlm::attention_backward_mma_sync(theirs.p, delta.p, dout.p, qkv.p, out.p, lse.p,
+                                                   scratchlm::GpuAttentionShape{B, T, H, D}, nullptr);
+            sync_or_throw("attention_backward_mma_sync");
             mg = theirs.download();
             mma_st = compare_grads(mg, ref, H, D);
             far = count_grad_far(g1, mg, n_qkv, H, D, &diff_mma, 4);
@@ -1638,10 +1638,10 @@ int stage_btime(const std::string& only) {
       std::vector<Bf16> mma_g;
       if (sh.causal) {
         auto mma_bwd = [&](int i) {
-          scratchlm::attention_backward_mma(dqkv[i].p, delta[i].p, dout[i].p, qkv[i].p, out[i].p, lse[i].p, gs, nullptr);
+          scratchlm::attention_backward_mma_sync(dqkv[i].p, delta[i].p, dout[i].p, qkv[i].p, out[i].p, lse[i].p, gs, nullptr);
         };
         mma_bwd(0);
-        sync_or_throw("attention_backward_mma");
+        sync_or_throw("attention_backward_mma_sync");
         mma_g = dqkv[0].download();
         const double tb = median_ms(mma_bwd, copies);
         const double tfb = median_ms(

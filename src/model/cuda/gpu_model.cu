@@ -114,7 +114,7 @@ struct GpuModel::Impl {
   GpuBuffer dqkv;        // (N, Q + 2K) T
   GpuBuffer dh;          // (N, F) T
   GpuBuffer dab;         // (N, 2F) T  [da | db]
-  GpuBuffer delta;       // (B, H, T) f32
+  GpuBuffer delta;       // the attention backward's scratch (delta = rowsum(dO ⊙ O), (B, H, T) f32, and more)
   GpuBuffer partials;    // (kRmsnormPartials, max(C, Q, F, 2D)) f32: the column sums' partials
 
   // Inputs: grad_accum micro-batches of micro_ints(N) ints, then a GpuStepIndex.
@@ -713,7 +713,7 @@ GpuModel::GpuModel(const ModelConfig& c, const GpuModelOptions& o) : impl_(std::
       m.dh = GpuBuffer(N * F * e);
       m.dab = GpuBuffer(N * up * e);
     }
-    m.delta = GpuBuffer(B * H * T_ * 4);
+    m.delta = GpuBuffer(attention_backward_scratch_floats({.B = B, .T = T_, .H = H, .D = D}) * 4);
     m.partials = GpuBuffer(kRmsnormPartials * std::max({C, Q, F, 2 * D}) * 4);
     m.opt_scratch = GpuBuffer(kOptimizerScratch * 8);
   }

@@ -21,15 +21,14 @@
 // Implementations:
 //   attention_*_cuda<T>      plain CUDA cores, any D ≤ 256, T = float or Bf16 (the fp32 path and a check);
 //   attention_*_mma          bf16 tensor cores, D in {32, 64, 128}: the training path's entry points.
-//                            The forward dispatches to attention_forward_wgmma where that applies
-//                            (attention_wgmma_supported) and to attention_forward_mma_sync otherwise;
-//                            SCRATCHLM_ATTENTION=auto in the environment enables wgmma; unset or
-//                            "mma" runs mma_sync (the default until the wgmma forward has passed its
-//                            library test on a GPU; see attention_mma.cu).
-//   attention_forward_mma_sync   mma.sync (Ampere-style tensor cores), every variant above;
-//   attention_forward_wgmma      Hopper wgmma + TMA (attention_wgmma.cu, compiled for sm_90a only):
+//                            Each dispatches to its wgmma kernel where that applies
+//                            (attention_wgmma_supported) and to its mma_sync kernel otherwise;
+//                            SCRATCHLM_ATTENTION=mma in the environment forces mma_sync (unset,
+//                            empty or "auto": the choice above; see attention_mma.cu).
+//   attention_*_mma_sync     mma.sync (Ampere-style tensor cores), every variant above;
+//   attention_*_wgmma        Hopper wgmma + TMA (attention_wgmma.cu, compiled for sm_90a only):
 //                            an sm_90 device, D in {64, 128}, multi-head (Hkv = H), no window, no
-//                            soft-capping. Same outputs as mma_sync up to fp32 summation order.
+//                            soft-capping. Same results as mma_sync up to fp32 summation order.
 // Left out: non-causal attention, Tq != Tk (generation has its own path).
 #pragma once
 
@@ -79,7 +78,15 @@ void attention_forward_mma_sync(Bf16* out, float* lse, const Bf16* qkv, const Gp
 // True when attention_forward_wgmma runs `s` on the current device.
 bool attention_wgmma_supported(const GpuAttentionShape& s);
 void attention_forward_wgmma(Bf16* out, float* lse, const Bf16* qkv, const GpuAttentionShape& s, CUstream_st* stream);
-void attention_backward_mma(Bf16* dqkv, float* delta, const Bf16* dout, const Bf16* qkv, const Bf16* out,
+// The backward's scratch: attention_backward_scratch_floats(s) floats (the mma_sync kernels use
+// B·H·T of them for delta; the wgmma kernels 2·B·H·Tp for lse·log2 e and delta, with T rounded up to
+// a multiple of their tiles, Tp ≤ T + 383).
+std::int64_t attention_backward_scratch_floats(const GpuAttentionShape& s);
+void attention_backward_mma(Bf16* dqkv, float* scratch, const Bf16* dout, const Bf16* qkv, const Bf16* out,
                             const float* lse, const GpuAttentionShape& s, CUstream_st* stream);
+void attention_backward_mma_sync(Bf16* dqkv, float* scratch, const Bf16* dout, const Bf16* qkv, const Bf16* out,
+                                 const float* lse, const GpuAttentionShape& s, CUstream_st* stream);
+void attention_backward_wgmma(Bf16* dqkv, float* scratch, const Bf16* dout, const Bf16* qkv, const Bf16* out,
+                              const float* lse, const GpuAttentionShape& s, CUstream_st* stream);
 
 }  // namespace scratchlm

@@ -1275,14 +1275,13 @@ void launch_backward(bf16* dqkv, float* delta, const bf16* dout, const bf16* qkv
 bool attention_mma_supported(std::int64_t D) { return D == 32 || D == 64 || D == 128; }
 
 namespace {
-// SCRATCHLM_ATTENTION: "auto" lets the forward pick its kernel (wgmma where it applies); unset,
-// empty or "mma" runs mma.sync. The wgmma forward passed the lab's checks on an H200 but has not yet
-// run inside the library on a GPU, so it is opt-in until GpuAttention.WgmmaForwardMatchesMmaSync...
-// has passed there; then unset becomes "auto".
+// SCRATCHLM_ATTENTION: unset, empty or "auto" lets each entry point pick its kernel (wgmma where it
+// applies); "mma" runs mma.sync everywhere (for comparisons, and a way out should a wgmma kernel
+// misbehave on some driver).
 bool forced_mma_sync() {
   const char* e = std::getenv("SCRATCHLM_ATTENTION");
-  if (e == nullptr || *e == '\0' || std::strcmp(e, "mma") == 0) return true;
-  if (std::strcmp(e, "auto") == 0) return false;
+  if (e == nullptr || *e == '\0' || std::strcmp(e, "auto") == 0) return false;
+  if (std::strcmp(e, "mma") == 0) return true;
   fail("SCRATCHLM_ATTENTION = '", e, "' must be 'auto' or 'mma'");
 }
 }  // namespace
@@ -1307,9 +1306,16 @@ void attention_forward_mma_sync(Bf16* out, float* lse, const Bf16* qkv, const Gp
   }
 }
 
-void attention_backward_mma(Bf16* dqkv, float* delta, const Bf16* dout, const Bf16* qkv, const Bf16* out,
+void attention_backward_mma(Bf16* dqkv, float* scratch, const Bf16* dout, const Bf16* qkv, const Bf16* out,
                             const float* lse, const GpuAttentionShape& s, CUstream_st* stream) {
-  const Launch l = check_shape(s, "attention_backward_mma");
+  check_attention_shape(s, "attention_backward_mma");
+  if (!forced_mma_sync() && attention_wgmma_supported(s)) attention_backward_wgmma(dqkv, scratch, dout, qkv, out, lse, s, stream);
+  else attention_backward_mma_sync(dqkv, scratch, dout, qkv, out, lse, s, stream);
+}
+
+void attention_backward_mma_sync(Bf16* dqkv, float* delta, const Bf16* dout, const Bf16* qkv, const Bf16* out,
+                                 const float* lse, const GpuAttentionShape& s, CUstream_st* stream) {
+  const Launch l = check_shape(s, "attention_backward_mma_sync");
   check_aligned(dqkv, "dqkv");
   check_aligned(dout, "dout");
   check_aligned(qkv, "qkv");

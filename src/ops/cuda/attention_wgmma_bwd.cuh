@@ -1,7 +1,7 @@
 // Flash-attention backward on Hopper instructions (sm_90a): wgmma products and TMA loads through
-// the forward's producer/consumer rings (attention_wgmma.cuh). LAB ONLY until it has passed the
-// lab's `bwd` stage on the GPU (bench/attention/WGMMA_NOTES.md); the library's backward is still
-// attention_backward_mma.
+// the forward's producer/consumer rings (attention_wgmma.cuh). It passed the lab's `bwd` stage on an
+// H200 (bench/attention/WGMMA_NOTES.md); the library runs it through attention_backward_mma
+// (attention_wgmma.cu picks the configurations).
 // Semantics are attention_backward_mma's: qkv (B, T, 3, H, D), out, dout (B, T, H, D), lse (B, H, T)
 // from the forward; dqkv (B, T, 3, H, D), every element written. S = Q Kᵀ·scale, P = exp(S − lse),
 // dV = Pᵀ dO, dP = dO Vᵀ, delta = rowsum(dO ⊙ O), dS = P ⊙ (dP − delta), dQ = scale·dS K,
