@@ -289,6 +289,32 @@ TEST(ModelVariants, WholeModelGradientMatchesFiniteDifferences) {
   }
 }
 
+// Tied embeddings start where the untied model does: the shared matrix has the untied head's init
+// (std √(2/(V+C))), so the first loss on random tokens is near ln V for both; with the embedding's
+// N(0, 1) it was near √C·(spread of a logit) above it (84 at V 4096, C 128).
+TEST(ModelVariants, TiedEmbeddingsStartAtTheUntiedModelsLoss) {
+  const std::int64_t V = 1024, C = 128, B = 4, T = 16;
+  std::vector<std::int32_t> ids(B * T), targets(B * T);
+  for (std::int64_t i = 0; i < B * T; ++i) ids[i] = static_cast<std::int32_t>((37 * i) % V), targets[i] = static_cast<std::int32_t>((91 * i + 5) % V);
+  for (bool tied : {false, true}) {
+    ModelConfig c = test::model_shape(V, T, C, 2, 4, 256);
+    c.tie_embeddings = tied;
+    Model model(c);
+    Rng rng(11);
+    init_params(model.layout, model.params.data(), rng);
+    const ParamSpec& e = model.layout.specs[0];
+    ASSERT_EQ(e.name, "token_embeddings.weight");
+    double sq = 0;
+    for (std::int64_t i = 0; i < e.numel(); ++i) sq += model.params[e.offset + i] * double(model.params[e.offset + i]);
+    const double std = std::sqrt(sq / static_cast<double>(e.numel()));
+    // a normal truncated at 3σ has 0.987σ
+    EXPECT_NEAR(std, tied ? 0.987 * std::sqrt(2.0 / (V + C)) : 0.987, 0.05 * std) << "tied " << tied;
+    Activations acts(c, B, T);
+    model_forward(acts, model, ids.data(), B, T);
+    EXPECT_NEAR(model_loss(acts, model, targets.data()), std::log(static_cast<double>(V)), 0.5) << "tied " << tied;
+  }
+}
+
 TEST(ModelVariants, PlainMlpHasNoGateWeights) {
   ModelConfig c = tiny({FfnKind::mlp, Activation::gelu});
   const ParamLayout layout = param_layout(c);
