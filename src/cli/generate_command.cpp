@@ -144,7 +144,7 @@ void run(const GenerateArgs& a) {
   RunTotals t;
   const double start = now_seconds();
   if (decoder) {
-    GpuDecoder dec(model, {.max_batch = device_batch, .max_length = 0});
+    GpuDecoder dec(model, fastest_decoder_options(device_batch, model.config.d_model));
     std::fprintf(stderr, "%s\n", dec.describe().c_str());
     results = dec.generate(prompts, a.max_new_tokens, sampling, eot, a.seed,
                            [&](std::int64_t, std::int32_t id) {

@@ -44,6 +44,14 @@ struct GpuDecoderOptions {
   std::int64_t in_flight = 8;    // decode steps the host queues ahead of the tokens it has read (1: wait for each)
 };
 
+// The fastest settings measured for `batch` sequences of a model of width d_model (BENCHMARKS.md,
+// "GPU generation", batches 1 to 32 on an H100): our kernels with programmatic dependent launch
+// (where the device has it, compute capability 9.0 and up) for small batches, cuBLASLt for larger
+// ones. Where cuBLASLt starts to win depends on the width: from batch 16 at d_model 512 (ts-17M),
+// from batch 4 at 768 (gpt2s-124M; wider layers give cuBLASLt's tiles more to do).
+inline std::int64_t own_kernels_up_to(std::int64_t d_model) { return d_model <= 512 ? 8 : 2; }
+GpuDecoderOptions fastest_decoder_options(std::int64_t batch, std::int64_t d_model);
+
 // Of the last generate(): GPU time of the prefills and of the decode steps (each the time between
 // the events that end it and the previous item), wall time of the whole call, and token counts.
 struct DecodeTimes {

@@ -7,6 +7,8 @@ namespace scratchlm {
 
 const char* decoder_gemm_name(DecoderGemm g) { return g == DecoderGemm::own ? "own kernels" : "cuBLASLt"; }
 
+GpuDecoderOptions fastest_decoder_options(std::int64_t batch, std::int64_t) { return {.max_batch = batch}; }
+
 struct GpuDecoder::Impl {};
 
 GpuDecoder::GpuDecoder(const Model&, const GpuDecoderOptions&) {

@@ -35,6 +35,15 @@ namespace scratchlm {
 
 const char* decoder_gemm_name(DecoderGemm g) { return g == DecoderGemm::own ? "own kernels" : "cuBLASLt"; }
 
+GpuDecoderOptions fastest_decoder_options(std::int64_t batch, std::int64_t d_model) {
+  if (batch > own_kernels_up_to(d_model)) return {.max_batch = batch, .gemm = DecoderGemm::cublas};
+  int device = 0, major = 0;
+  const bool known = cudaGetDevice(&device) == cudaSuccess &&
+                     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess;
+  if (!known) cudaGetLastError();   // the decoder's own checks will report a missing device
+  return {.max_batch = batch, .gemm = DecoderGemm::own, .pdl = known && major >= 9};
+}
+
 namespace {
 
 // Host memory: pinned (fast asynchronous copies), optionally mapped into the device's address space
